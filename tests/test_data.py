@@ -325,6 +325,9 @@ def test_save_load_round_trip_needs_no_pickle(tmp_path):
     np.testing.assert_array_equal(got, data)
     assert got_vocab == vocab and got.dtype == np.int32
     assert fingerprint(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
 
 
 def test_interrupted_write_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatch):

@@ -121,6 +121,7 @@ def save_npz(path, data: np.ndarray, vocab: Vocab) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
         with os.fdopen(fd, "wb") as f:
             np.savez_compressed(f, data=data.astype(np.int32), vocab=vocab.to_array())
             f.flush()
@@ -130,6 +131,12 @@ def save_npz(path, data: np.ndarray, vocab: Vocab) -> None:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: pathlib.Path) -> None:
