@@ -37,7 +37,7 @@ class _QuietExpectedWarnings(logging.Filter):
     """orbax warns about things we do on purpose: periodic saves without a validation loss, and
     opening a folder read-only to load a model."""
 
-    EXPECTED = ("did not provide metrics", "read only", "read_only=True")
+    EXPECTED = ("did not provide metrics", "read only", "read_only=True", "Metadata file does not exist")
 
     def filter(self, record):
         message = record.getMessage()
@@ -181,6 +181,22 @@ def export_model(out_dir, model: PoetryModel, config: dict, dtype=None) -> None:
     save_config(out_dir, config)
 
 
+def _key(path) -> str:
+    """'embeddings.embedding' for a tree path, whatever key types orbax or nnx use."""
+    names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    return ".".join(n for n in names if n != "value")
+
+
+def _stored_arrays(item_dir: Path) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """name -> (shape, dtype) of a saved params item, read from its metadata (no array data)."""
+    try:
+        meta = ocp.StandardCheckpointer().metadata(item_dir.absolute()).item_metadata
+        leaves = jax.tree_util.tree_flatten_with_path(meta)[0]
+    except Exception as e:  # a missing or damaged item
+        raise UserError(f"cannot read {item_dir}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return {_key(path): (tuple(m.shape), m.dtype) for path, m in leaves}
+
+
 def load_model(ckpt_dir, step=None):
     """(model, vocab, config) from a training checkpoint folder (best step, else latest) or an export.
 
@@ -190,29 +206,36 @@ def load_model(ckpt_dir, step=None):
     ckpt_dir = Path(ckpt_dir)
     config = load_config(ckpt_dir)
     mngr = open_manager(ckpt_dir, read_only=True)
-    steps = mngr.all_steps()
+    try:
+        steps, best, latest = mngr.all_steps(), mngr.best_step(), mngr.latest_step()
+    finally:
+        mngr.close()
     if not steps:
         raise UserError(f"{ckpt_dir} has a {CONFIG_NAME} but no saved checkpoint steps")
     if step is None:
-        step = mngr.best_step()
-        if step is None:
-            step = mngr.latest_step()
+        step = best if best is not None else latest
     elif step not in steps:
         raise UserError(f"{ckpt_dir} has no step {step}; saved steps: {sorted(steps)}")
     model = nnx.eval_shape(lambda: build_model(config))
-    stored = _DTYPES.get(config.get("param_dtype", "float32"))
-    if stored is None:
-        raise UserError(f"{ckpt_dir / CONFIG_NAME}: unknown param_dtype {config['param_dtype']!r}")
-    target = abstract(nnx.state(model, nnx.Param), stored)
+    expected = nnx.state(model, nnx.Param)
+    stored = _stored_arrays(ckpt_dir / str(step) / "params")
+    want = {_key(path): tuple(x.shape) for path, x in jax.tree_util.tree_flatten_with_path(expected)[0]}
+    have = {k: shape for k, (shape, _) in stored.items()}
+    if want != have:
+        problems = [f"{k}: stored {have.get(k)}, config.json implies {want.get(k)}"
+                    for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
+        raise UserError(f"step {step} in {ckpt_dir} does not match its {CONFIG_NAME}: {problems[0]}"
+                        + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    flat = jax.tree_util.tree_flatten_with_path(expected)
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree_util.tree_unflatten(flat[1], [
+        jax.ShapeDtypeStruct(x.shape, stored[_key(path)][1], sharding=default) for path, x in flat[0]])
     try:
-        restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
-    except Exception as e:  # orbax raises assorted types for a missing file, a bad shape, a bad tree
+        restored = ocp.StandardCheckpointer().restore(ckpt_dir.absolute() / str(step) / "params", target)
+    except Exception as e:  # orbax raises assorted types for a missing or damaged file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot restore step {step} from {ckpt_dir} (does it match {CONFIG_NAME}?): "
-                        f"{first}") from None
-    finally:
-        mngr.close()
-    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), restored["params"])
+        raise UserError(f"cannot restore step {step} from {ckpt_dir}: {first}") from None
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), restored)
     model = build_model(config)
     nnx.update(model, params)
     model.eval()
