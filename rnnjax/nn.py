@@ -49,7 +49,7 @@ class _RNNBase(nnx.Module):
 
     def params_dict(self):
         """The parameters as a plain dict of arrays, for :func:`rnnjax.recurrent.apply`."""
-        return {name: var.value for name, var in self._params().items()}
+        return {name: var.get_value() for name, var in self._params().items()}
 
     def __call__(self, x, hx=None, *, lengths=None, deterministic=None, rngs=None):
         deterministic = self.deterministic if deterministic is None else deterministic

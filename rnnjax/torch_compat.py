@@ -36,17 +36,17 @@ def load_state_dict(variables: Mapping[str, object], state_dict: Mapping[str, ob
     arrays = {}
     for name, var in variables.items():
         value = to_numpy(state_dict[name])
-        if value.shape != tuple(var.value.shape):
+        if value.shape != tuple(var.get_value().shape):
             raise ValueError(
                 f"Error(s) in loading state_dict for {owner}: size mismatch for {name}: copying a param "
                 f"with shape {tuple(value.shape)} from checkpoint, the shape in current model is "
-                f"{tuple(var.value.shape)}"
+                f"{tuple(var.get_value().shape)}"
             )
-        arrays[name] = jnp.asarray(value, dtype=var.value.dtype)
+        arrays[name] = jnp.asarray(value, dtype=var.get_value().dtype)
     for name, var in variables.items():
-        var.value = arrays[name]
+        var.set_value(arrays[name])
 
 
 def state_dict(variables: Mapping[str, object]) -> dict[str, np.ndarray]:
     """Parameters as a dict of NumPy arrays, keyed and shaped exactly as torch's ``state_dict``."""
-    return {name: np.asarray(var.value) for name, var in variables.items()}
+    return {name: np.array(var.get_value()) for name, var in variables.items()}

@@ -1,0 +1,92 @@
+"""Forward+backward time of rnnjax.LSTM vs torch.nn.LSTM, same weights, same machine, one run.
+
+    python bench/layers.py                 # the tutorial's shape: T=124, B=128, input 128, hidden 256, 2 layers
+    python bench/layers.py --cell gru --repeats 5
+
+Prints the median of warm repeats for each side and the ratio rnnjax / torch (< 1 means faster).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+
+import rnnjax
+
+
+def median_time(fn, repeats):
+    fn()  # warm: compile / allocate
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm")
+    ap.add_argument("--steps", type=int, default=124)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--input", type=int, default=128)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--unroll", type=int, default=None, help="lax.scan unroll (default: the module's)")
+    args = ap.parse_args()
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    name = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[args.cell]
+    tmod = getattr(torch.nn, name)(args.input, args.hidden, args.layers)
+    kw = {} if args.unroll is None else {"unroll": args.unroll}
+    jmod = getattr(rnnjax, name)(args.input, args.hidden, args.layers, rngs=nnx.Rngs(0), **kw)
+    jmod.load_torch_state_dict(tmod.state_dict())
+
+    x_np = np.random.default_rng(0).standard_normal((args.steps, args.batch, args.input)).astype(np.float32)
+    x_t = torch.tensor(x_np, requires_grad=True)
+
+    def torch_step():
+        tmod.zero_grad(set_to_none=True)
+        x_t.grad = None
+        out, _ = tmod(x_t)
+        out.sum().backward()
+
+    graphdef, params = nnx.split(jmod)
+
+    @jax.jit
+    def jax_step(params, x):
+        def loss(params, x):
+            return nnx.merge(graphdef, params)(x)[0].sum()
+
+        return jax.value_and_grad(loss, argnums=(0, 1))(params, x)
+
+    x_j = jnp.asarray(x_np)
+
+    def jax_run():
+        jax.block_until_ready(jax_step(params, x_j))
+
+    # Same numbers first: a fast wrong answer is no answer.
+    (jl, (jg, _)) = jax_step(params, x_j)
+    torch_step()
+    tl = tmod(x_t)[0].sum().item()
+    assert abs(float(jl) - tl) <= 1e-4 * max(1.0, abs(tl)), (float(jl), tl)
+
+    t_torch = median_time(torch_step, args.repeats)
+    t_jax = median_time(jax_run, args.repeats)
+    print(f"{name} fwd+bwd T={args.steps} B={args.batch} I={args.input} H={args.hidden} L={args.layers} "
+          f"on {os.cpu_count()} CPU cores (jax {jax.__version__}, torch {torch.__version__})")
+    print(f"  torch.nn.{name}: {t_torch * 1e3:8.1f} ms")
+    print(f"  rnnjax.{name}:   {t_jax * 1e3:8.1f} ms")
+    print(f"  ratio rnnjax/torch: {t_jax / t_torch:.2f}  ({'faster' if t_jax < t_torch else 'slower'})")
+
+
+if __name__ == "__main__":
+    main()
