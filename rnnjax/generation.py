@@ -1,0 +1,431 @@
+"""Poem generation: prefix / acrostic / style, classical forms, rhyme, sampling - one jit-compiled loop.
+
+The tutorial's `generate` is greedy, runs Python per character and crashes on a character outside the
+vocabulary. Here a batch of poems is decoded by one `lax.while_loop`: every constraint (forced prefix
+tokens, acrostic heads, line length and punctuation, rhyme class) is carried as arrays and applied by
+masking the logits, so the compiled loop is reused for any prefix, form or sampling setting of the
+same batch size and `max_len`. Validation of user input happens before, in Python, once per request.
+
+Decoding order: the model first reads `<START>` (and, with a style, `<START>` + style, as
+pytorch-book's `prefix_words`: the poem then continues straight from the style's state, no second
+`<START>`, because training never shows `<START>` mid-sequence). Each step predicts one token; a
+forced token (prefix character, acrostic head) replaces the prediction.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rnnjax import forms
+from rnnjax.errors import UserError
+from rnnjax.forms import Form
+
+DEFAULT_CHECKPOINTS = ("checkpoints/lstm", "pretrained/tang-lstm")
+DEFAULT_TEMPERATURE = 0.8
+DEFAULT_TOP_P = 0.9
+DEFAULT_MAX_LEN = 125
+# Free form closes a line after this many tokens: longer than any line of Tang verse (杂言 included),
+# short enough that a model that never emits punctuation still writes lines, and acrostics finish.
+FREE_LINE_MAX = 16
+# --top-k / --top-p choose among this many likeliest allowed tokens (see `_choose`).
+CANDIDATES = 64
+
+
+def resolve_checkpoint(path: str | None) -> Path:
+    """--checkpoint, else the first default that exists (a fresh training run beats the shipped model)."""
+    if path:
+        return Path(path)
+    for cand in DEFAULT_CHECKPOINTS:
+        if Path(cand).is_dir():
+            return Path(cand)
+    raise UserError(
+        f"no checkpoint found at {' or '.join(DEFAULT_CHECKPOINTS)}: train one with `python train.py` "
+        "or pass --checkpoint DIR"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One poem to write, validated and encoded. `heads` are acrostic token ids, one per line."""
+
+    form: Form
+    prefix: tuple[int, ...] = ()
+    heads: tuple[int, ...] = ()
+    style: tuple[int, ...] = ()
+    rhyme: bool = False
+    prefix_text: str = ""
+    acrostic_text: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen among those the constraints allow."""
+
+    temperature: float = DEFAULT_TEMPERATURE
+    top_k: int = 0          # 0: no top-k cut
+    top_p: float = DEFAULT_TOP_P  # 1.0: no nucleus cut
+    greedy: bool = False    # the tutorial's argmax; also what temperature 0 means
+
+    @property
+    def mode(self) -> str:
+        if self.greedy or self.temperature == 0:
+            return "greedy"
+        return "cut" if self.top_k > 0 or self.top_p < 1 else "full"
+
+    def __post_init__(self):
+        if not self.temperature >= 0:
+            raise UserError(f"--temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.top_k <= CANDIDATES:
+            raise UserError(f"--top-k must be in 0..{CANDIDATES} (0 turns it off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Poem:
+    text: str          # characters and punctuation, no special tokens
+    lines: list[str]   # as printed: one sentence (a couplet in the forms) per line
+    form: str
+    seed: int
+    index: int         # which poem of the call; with `seed` it fixes the poem
+    complete: bool     # ended with <EOP> (False: cut at max_len)
+
+    def to_json(self) -> dict:
+        return {"text": self.text, "lines": self.lines, "form": self.form, "seed": self.seed,
+                "index": self.index, "complete": self.complete}
+
+
+class Generator:
+    """A model and its vocabulary, ready to write poems; compiles once per (batch size, max_len)."""
+
+    def __init__(self, model, vocab, max_len: int = DEFAULT_MAX_LEN):
+        if max_len < 2:
+            raise UserError(f"--max-len must be at least 2, got {max_len}")
+        model.eval()
+        self.graphdef, self.params = nnx.split(model)
+        self.vocab = vocab
+        self.max_len = max_len
+        self.tables = forms.token_tables(vocab)
+        t = self.tables
+        self._tables_dev = {
+            "bias": jnp.asarray(np.where(forms.kind_table(t), 0.0, -np.inf).astype(np.float32)),
+            "ender": jnp.asarray(t.ender), "rhyme": jnp.asarray(t.rhyme),
+        }
+        self._t2s = None
+
+    # ---- input -------------------------------------------------------------------------------
+
+    def normalize(self, text: str, what: str) -> str:
+        """User text -> characters of the vocabulary: no spaces, full-width punctuation, simplified
+        script (unless the raw characters are already known, e.g. a traditional-script model)."""
+        text = "".join(text.split()).translate(forms.ASCII_PUNCT)
+        stoi = self.vocab.stoi
+        if any(c not in stoi for c in text):
+            if self._t2s is None:
+                import opencc
+                self._t2s = opencc.OpenCC("t2s")
+            text = self._t2s.convert(text)
+        unknown = list(dict.fromkeys(c for c in text if c not in stoi))
+        if unknown:
+            raise UserError(f"{what} has characters not in the model's vocabulary: {' '.join(unknown)}")
+        return text
+
+    def request(self, prefix: str = "", acrostic: str = "", style: str = "", form: str = "auto",
+                rhyme: bool = False) -> Request:
+        """Validate and encode one poem's constraints; UserError says what cannot work and why."""
+        prefix = self.normalize(prefix, "the prefix")
+        acrostic = self.normalize(acrostic, "the acrostic")
+        style = self.normalize(style, "the style")
+        if prefix and acrostic:
+            raise UserError("give either a prefix or an acrostic, not both")
+        if len(prefix) > self.max_len:
+            raise UserError(f"the prefix has {len(prefix)} characters, more than --max-len {self.max_len}")
+        if len(style) > self.max_len:
+            raise UserError(f"the style has {len(style)} characters, more than --max-len {self.max_len}")
+        bad = [c for c in acrostic if not forms.is_hanzi(c)]
+        if bad:
+            raise UserError(f"the acrostic must be Chinese characters only, got {' '.join(bad)}")
+        f = forms.parse_form(form) or forms.auto_form(prefix, acrostic)
+        if not f.free:
+            if self.tables.comma_id < 0 or self.tables.period_id < 0:
+                raise UserError(f"the model's vocabulary lacks '，' or '。', so it cannot write {f.name}")
+            if f.n_tokens + 1 > self.max_len:
+                raise UserError(f"{f.name} needs {f.n_tokens + 1} tokens, more than --max-len {self.max_len}")
+            why = forms.check_prefix(prefix, f)
+            if why:
+                raise UserError(why)
+            if acrostic and len(acrostic) != f.n_lines:
+                raise UserError(f"the acrostic has {len(acrostic)} characters but {f.name} has "
+                                f"{f.n_lines} lines (one per character)")
+        elif acrostic and 2 * len(acrostic) + 1 > self.max_len:
+            raise UserError(f"an acrostic of {len(acrostic)} lines needs --max-len of at least "
+                            f"{2 * len(acrostic) + 1}")
+        if rhyme and (f.free or f.n_lines < 2):
+            raise UserError("--rhyme needs a fixed form (5x4, 5x8, 7x4, 7x8); free form has no rhyme positions")
+        enc = lambda s: tuple(self.vocab.stoi[c] for c in s)  # noqa: E731
+        return Request(form=f, prefix=enc(prefix), heads=enc(acrostic), style=enc(style), rhyme=rhyme,
+                       prefix_text=prefix, acrostic_text=acrostic)
+
+    # ---- decoding ----------------------------------------------------------------------------
+
+    def free_line_cap(self, n_heads: int) -> int:
+        """Longest free-form line; with an acrostic, short enough that every head gets its line."""
+        return min(FREE_LINE_MAX, (self.max_len - 1) // n_heads - 1) if n_heads else FREE_LINE_MAX
+
+    def batch_arrays(self, requests: list[Request]) -> dict:
+        """Requests -> fixed-shape arrays (padded to max_len), so any mix of requests reuses one compile."""
+        b, n = len(requests), self.max_len
+        forced = np.full((b, n), -1, np.int32)
+        heads = np.full((b, n), -1, np.int32)
+        style_len = max(len(r.style) for r in requests)
+        # The style is primed in buckets of 32 steps: a few compiles at most, no work without a style.
+        p = -(-style_len // 32) * 32
+        prime = np.full((b, p), self.vocab.pad_id, np.int32)
+        prime_len = np.zeros(b, np.int32)
+        first = np.full(b, self.vocab.start_id, np.int32)
+        for i, r in enumerate(requests):
+            forced[i, : len(r.prefix)] = r.prefix
+            heads[i, : len(r.heads)] = r.heads
+            if r.style:
+                seq = (self.vocab.start_id, *r.style)
+                prime[i, : len(seq) - 1] = seq[:-1]
+                prime_len[i] = len(seq) - 1
+                first[i] = seq[-1]
+        return {
+            "forced": forced, "heads": heads, "n_heads": np.array([len(r.heads) for r in requests], np.int32),
+            "line_len": np.array([r.form.line_len for r in requests], np.int32),
+            "n_lines": np.array([r.form.n_lines for r in requests], np.int32),
+            "line_cap": np.array([self.free_line_cap(len(r.heads)) for r in requests], np.int32),
+            "rhyme": np.array([r.rhyme for r in requests], bool),
+            "prime": prime, "prime_len": prime_len, "first": first,
+        }
+
+    def generate_ids(self, requests: list[Request], sampling: Sampling = Sampling(), seed: int = 0,
+                     poem_ids=None) -> np.ndarray:
+        """(B, max_len) token ids per poem, padded with </s> after <EOP>."""
+        if not requests:
+            raise UserError("nothing to generate")
+        arrays = self.batch_arrays(requests)
+        poem_ids = np.arange(len(requests), dtype=np.int32) if poem_ids is None else np.asarray(poem_ids, np.int32)
+        specials = np.array([self.vocab.pad_id, self.vocab.eop_id], np.int32)
+        out = _decode(
+            self.graphdef, self.params, self._tables_dev, arrays, specials,
+            jax.random.key(seed), poem_ids,
+            np.float32(max(sampling.temperature, 1e-6)), np.int32(sampling.top_k), np.float32(sampling.top_p),
+            max_len=self.max_len, mode=sampling.mode,
+        )
+        return np.asarray(out)
+
+    def decode_text(self, ids) -> tuple[str, bool]:
+        """Token ids of one poem -> (text, ended with <EOP>)."""
+        chars = []
+        for i in ids.tolist():
+            if i == self.vocab.eop_id:
+                return "".join(chars), True
+            if i == self.vocab.pad_id:
+                break
+            chars.append(self.vocab.itos[i])
+        return "".join(chars), False
+
+    def generate(self, requests: list[Request], sampling: Sampling = Sampling(), seed: int = 0) -> list[Poem]:
+        ids = self.generate_ids(requests, sampling, seed)
+        poems = []
+        for i, (r, row) in enumerate(zip(requests, ids)):
+            text, complete = self.decode_text(row)
+            poems.append(Poem(text, forms.print_lines(text), r.form.name, seed, i, complete))
+        return poems
+
+
+# ---- the compiled loop -----------------------------------------------------------------------
+
+def _kind(line, col, n_lines, line_len, line_cap, n_heads, rhyme_on, rhyme_cls):
+    """(B,) int: which row of `forms.kind_table` each poem draws its next token from."""
+    # Fixed form: line_len characters, then `，` (odd lines) or `。` (even lines, last line), then <EOP>.
+    period = (line % 2 == 1) | (line == n_lines - 1)
+    rhyme_pos = rhyme_on & (col == line_len - 1) & (line % 2 == 1)
+    char = jnp.where(rhyme_pos, jnp.where(rhyme_cls >= 0, forms.K_RHYME + rhyme_cls, forms.K_RHYME_ANY),
+                     forms.K_CHAR)
+    fixed = jnp.where(line >= n_lines, forms.K_EOP,
+                      jnp.where(col == line_len, jnp.where(period, forms.K_PERIOD, forms.K_COMMA), char))
+    # Free form: no empty line, lines of at most line_cap tokens, <EOP> only after a closed line, and
+    # with an acrostic exactly n_heads lines.
+    start = jnp.where((line > 0) & (line >= n_heads), forms.K_FREE_START_OR_END, forms.K_FREE_START)
+    free = jnp.where(col == 0, start, jnp.where(col >= line_cap, forms.K_FREE_CLOSE, forms.K_FREE_BODY))
+    free = jnp.where((n_heads > 0) & (line >= n_heads), forms.K_EOP, free)
+    return jnp.where(line_len == 0, free, fixed)
+
+
+def _argmax(x):
+    """First index of the maximum; two plain reductions, faster on CPU than argmax's variadic one."""
+    m = jnp.max(x, axis=-1, keepdims=True)
+    return jnp.min(jnp.where(x == m, jnp.arange(x.shape[-1]), x.shape[-1]), axis=-1).astype(jnp.int32)
+
+
+def _choose(step, logits, temperature, top_k, top_p, poem_keys, mode):
+    """Next token per poem from masked logits (disallowed tokens are -inf).
+
+    mode "greedy": argmax. "full": sample the whole distribution. "cut": top-k / top-p among the
+    CANDIDATES likeliest tokens (a partial sort: a full sort of the vocabulary costs more than the
+    model on a CPU); the nucleus is measured within those candidates.
+    """
+    if mode == "greedy":
+        return _argmax(logits)
+    keys = jax.vmap(jax.random.fold_in, (0, None))(poem_keys, step)
+    if mode == "full":
+        return jax.vmap(jax.random.categorical)(keys, logits / temperature).astype(jnp.int32)
+    n = min(CANDIDATES, logits.shape[-1])
+    vals, idx = jax.lax.top_k(logits, n)  # sorted, descending
+    vals = vals / temperature
+    keep = jnp.arange(n)[None, :] < jnp.where(top_k > 0, top_k, n)
+    probs = jax.nn.softmax(vals, axis=-1)
+    # The smallest head of the sorted list whose mass reaches top_p (the first token always stays).
+    keep &= (jnp.cumsum(probs, axis=-1) - probs) < top_p
+    pick = jax.vmap(jax.random.categorical)(keys, jnp.where(keep, vals, -jnp.inf))
+    return jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_len", "mode"))
+def _decode(graphdef, params, tab, batch, specials, key, poem_ids, temperature, top_k, top_p, *,
+            max_len, mode):
+    model = nnx.merge(graphdef, params)
+    b = batch["first"].shape[0]
+    pad_id, eop_id = specials[0], specials[1]
+    # Randomness depends on (seed, poem index, step) only: poem i is the same whatever --num is.
+    poem_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, poem_ids)
+
+    # The recurrent state's structure (LSTM (h, c) or GRU/RNN h) comes from the model itself; the call
+    # is dead code once only shapes are used, and XLA drops it.
+    _, hx = model(batch["first"][None, :])
+    hx = jax.tree.map(jnp.zeros_like, hx)
+
+    def prime_step(hx, xs):
+        t, tok = xs
+        _, new = model(tok[None, :], hx)
+        live = t < batch["prime_len"]
+        return jax.tree.map(lambda n, o: jnp.where(live[None, :, None], n, o), new, hx), None
+
+    p = batch["prime"].shape[1]
+    if p:
+        hx, _ = jax.lax.scan(prime_step, hx, (jnp.arange(p), batch["prime"].T))
+
+    zeros = jnp.zeros(b, jnp.int32)
+    init = dict(t=jnp.int32(0), inp=batch["first"], hx=hx, line=zeros, col=zeros, rhyme_cls=zeros - 1,
+                done=jnp.zeros(b, bool), out=jnp.full((b, max_len), pad_id, jnp.int32))
+
+    def cond(s):
+        return (s["t"] < max_len) & ~jnp.all(s["done"])
+
+    def body(s):
+        logits, hx = model(s["inp"][None, :], s["hx"])
+        logits = logits[0].astype(jnp.float32)
+        line, col = s["line"], s["col"]
+        kind = _kind(line, col, batch["n_lines"], batch["line_len"], batch["line_cap"], batch["n_heads"],
+                     batch["rhyme"], s["rhyme_cls"])
+        sampled = _choose(s["t"], logits + tab["bias"][kind], temperature, top_k, top_p, poem_keys, mode)
+        forced = jax.lax.dynamic_index_in_dim(batch["forced"], s["t"], axis=1, keepdims=False)
+        head = jnp.take_along_axis(batch["heads"], jnp.clip(line, 0, max_len - 1)[:, None], axis=1)[:, 0]
+        use_head = (col == 0) & (line < batch["n_heads"])
+        tok = jnp.where(forced >= 0, forced, jnp.where(use_head, head, sampled))
+        tok = jnp.where(s["done"], pad_id, tok)
+
+        ends = tab["ender"][tok]
+        rhyme_pos = batch["rhyme"] & (col == batch["line_len"] - 1) & (line % 2 == 1)
+        rhyme_cls = jnp.where(rhyme_pos & (s["rhyme_cls"] < 0), tab["rhyme"][tok], s["rhyme_cls"])
+        return dict(
+            t=s["t"] + 1, inp=tok, hx=hx, line=line + ends, col=jnp.where(ends, 0, col + 1),
+            rhyme_cls=rhyme_cls, done=s["done"] | (tok == eop_id),
+            out=jax.lax.dynamic_update_index_in_dim(s["out"], tok, s["t"], axis=1),
+        )
+
+    return jax.lax.while_loop(cond, body, init)["out"]
+
+
+# ---- flags shared by generate.py and `python -m rnnjax.evaluate` -------------------------------
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (`error: ...`, exit 2) like every other user error."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def _int(s: str) -> int:
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+
+
+def positive_int(s: str) -> int:
+    v = _int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _temperature(s: str) -> float:
+    v = _float(s)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 is greedy), got {s}")
+    return v
+
+
+def _top_k(s: str) -> int:
+    v = _int(s)
+    if not 0 <= v <= CANDIDATES:
+        raise argparse.ArgumentTypeError(f"must be in 0..{CANDIDATES} (0 turns it off), got {v}")
+    return v
+
+
+def _top_p(s: str) -> float:
+    v = _float(s)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s}")
+    return v
+
+
+def _float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+    if v != v:
+        raise argparse.ArgumentTypeError("not a number: nan")
+    return v
+
+
+def form_arg(s: str) -> str:
+    try:
+        forms.parse_form(s)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return s
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="checkpoint or exported model folder "
+                   f"(default: {DEFAULT_CHECKPOINTS[0]} if it exists, else {DEFAULT_CHECKPOINTS[1]})")
+    p.add_argument("--max-len", type=positive_int, default=DEFAULT_MAX_LEN,
+                   help=f"most tokens in a poem, prefix and punctuation included (default {DEFAULT_MAX_LEN})")
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=_temperature, default=DEFAULT_TEMPERATURE,
+                   help=f"softmax temperature: lower is safer, 0 is greedy (default {DEFAULT_TEMPERATURE})")
+    p.add_argument("--top-k", type=_top_k, default=0, help=f"sample among the k likeliest tokens, k <= {CANDIDATES} (default 0: no cut)")
+    p.add_argument("--top-p", type=_top_p, default=DEFAULT_TOP_P,
+                   help="sample among the likeliest tokens that hold this much probability, in (0, 1] "
+                        f"(default {DEFAULT_TOP_P}; 1 turns it off)")
+    p.add_argument("--greedy", action="store_true", help="always the likeliest token (the tutorial's behaviour)")
+    p.add_argument("--seed", type=_int, default=0, help="random seed: the same seed gives the same poems")
+
+
+def sampling_from_args(args) -> Sampling:
+    return Sampling(args.temperature, args.top_k, args.top_p, args.greedy)
