@@ -189,7 +189,6 @@ class TokenTables:
 
 
 def _token_tables(itos: tuple[str, ...], special: tuple[int, ...], eop_id: int) -> TokenTables:
-    v = len(itos)
     content = np.array([is_hanzi(t) for t in itos], bool)
     ender = np.array([len(t) == 1 and t in LINE_ENDERS for t in itos], bool)
     content[list(special)] = False
@@ -198,7 +197,6 @@ def _token_tables(itos: tuple[str, ...], special: tuple[int, ...], eop_id: int) 
     other[list(special)] = False
     rhyme = np.array([rhyme_class(t) if content[i] else -1 for i, t in enumerate(itos)], np.int32)
     stoi = {t: i for i, t in enumerate(itos)}
-    assert rhyme.shape == (v,)
     return TokenTables(content, other, ender, rhyme, stoi.get(COMMA, -1), stoi.get(PERIOD, -1), eop_id)
 
 
