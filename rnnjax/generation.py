@@ -114,8 +114,11 @@ class Generator:
         self.max_len = max_len
         self.tables = forms.token_tables(vocab)
         t = self.tables
+        allowed = forms.kind_table(t)
         self._tables_dev = {
-            "bias": jnp.asarray(np.where(forms.kind_table(t), 0.0, -np.inf).astype(np.float32)),
+            "bias": jnp.asarray(np.where(allowed, 0.0, -np.inf).astype(np.float32)),
+            # Kinds that allow exactly one token (punctuation, <EOP>): the model's logits don't matter there.
+            "single": jnp.asarray(allowed.sum(axis=1) == 1),
             "ender": jnp.asarray(t.ender), "rhyme": jnp.asarray(t.rhyme),
         }
         self._t2s = None
@@ -323,15 +326,22 @@ def _decode(graphdef, params, tab, batch, specials, key, poem_ids, temperature, 
         return (s["t"] < max_len) & ~jnp.all(s["done"])
 
     def body(s):
-        logits, hx = model(s["inp"][None, :], s["hx"])
-        logits = logits[0].astype(jnp.float32)
+        # model(tokens, hx) split in two, so that the output layer (most of a step's work at a
+        # vocabulary of thousands) runs only when some poem's next token is still open.
+        features, hx = model.rnn(model.embeddings(s["inp"][None, :]), s["hx"])
         line, col = s["line"], s["col"]
         kind = _kind(line, col, batch["n_lines"], batch["line_len"], batch["line_cap"], batch["n_heads"],
                      batch["rhyme"], s["rhyme_cls"])
-        sampled = _choose(s["t"], logits + tab["bias"][kind], temperature, top_k, top_p, poem_keys, mode)
         forced = jax.lax.dynamic_index_in_dim(batch["forced"], s["t"], axis=1, keepdims=False)
         head = jnp.take_along_axis(batch["heads"], jnp.clip(line, 0, max_len - 1)[:, None], axis=1)[:, 0]
         use_head = (col == 0) & (line < batch["n_heads"])
+        determined = s["done"] | (forced >= 0) | use_head | tab["single"][kind]
+        logits = jax.lax.cond(
+            jnp.all(determined),
+            lambda: jnp.zeros((b, tab["bias"].shape[1]), jnp.float32),  # the mask alone picks the token
+            lambda: model.linear1(features[0]).astype(jnp.float32),
+        )
+        sampled = _choose(s["t"], logits + tab["bias"][kind], temperature, top_k, top_p, poem_keys, mode)
         tok = jnp.where(forced >= 0, forced, jnp.where(use_head, head, sampled))
         tok = jnp.where(s["done"], pad_id, tok)
 
