@@ -1,0 +1,63 @@
+"""python -m rnnjax.export: half precision only when validation perplexity stays within tolerance."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from rnnjax.checkpoint import export_model, load_config, load_model
+from rnnjax.data import Vocab, encode_poems, fingerprint, save_npz
+from rnnjax.errors import UserError
+from rnnjax.export import export
+from rnnjax.model import PoetryModel
+
+POEMS = ["白日依山尽，黄河入海流。欲穷千里目，更上一层楼。", "红豆生南国，春来发几枝。愿君多采撷，此物最相思。"] * 30
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    vocab = Vocab.build(POEMS)
+    data = root / "tiny.npz"
+    save_npz(data, encode_poems(POEMS, vocab), vocab)
+    model = PoetryModel(len(vocab), 8, 16, 2, rngs=nnx.Rngs(0))
+    ckpt = root / "ckpt"
+    export_model(ckpt, model, {"vocab": vocab.itos, "data_fingerprint": fingerprint(data),
+                               "flags": {"seed": 0, "val_fraction": 0.1}})
+    return root, ckpt, data
+
+
+def test_keeps_float16_when_quality_holds(trained):
+    root, ckpt, data = trained
+    kept, ppl = export(ckpt, root / "out16", data, tolerance=0.005, say=lambda *_: None)
+    assert kept == "float16"
+    assert abs(ppl["float16"] / ppl["float32"] - 1) <= 0.005
+    assert load_config(root / "out16")["param_dtype"] == "float16"
+    m16, _, _ = load_model(root / "out16")
+    m32, _, _ = load_model(ckpt)
+    a, b = m16.torch_state_dict(), m32.torch_state_dict()
+    assert all(a[k].dtype == np.float32 for k in a)  # cast back on load
+    assert all(np.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in a)
+    assert not any(p.name.startswith(".out16-") for p in root.iterdir())  # no work folder left
+
+
+def test_falls_back_to_float32_when_tolerance_is_zero(trained):
+    root, ckpt, data = trained
+    kept, ppl = export(ckpt, root / "out32", data, tolerance=0.0, say=lambda *_: None)
+    # float16 and bfloat16 rounding both move the perplexity a little: neither is within 0
+    assert ppl["float16"] != ppl["float32"] and ppl["bfloat16"] != ppl["float32"]
+    assert kept == "float32"
+    assert load_config(root / "out32")["param_dtype"] == "float32"
+
+
+def test_refuses_existing_output_and_missing_data(trained):
+    root, ckpt, data = trained
+    with pytest.raises(UserError, match="already exists"):
+        export(ckpt, ckpt, data)
+    with pytest.raises(UserError, match="not found"):
+        export(ckpt, root / "never", root / "missing.npz")
+    assert not (root / "never").exists()
+    out = subprocess.run([sys.executable, "-m", "rnnjax.export", "--checkpoint", str(root / "nothing"),
+                          "--out", str(root / "x")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
