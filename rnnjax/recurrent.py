@@ -107,6 +107,15 @@ def scan_direction(mode, p, x, carry, *, mask=None, reverse=False, unroll=1):
     # The input projection for all steps is one large matmul; only h @ W_hh stays in the loop.
     gx = cells.input_projection(p, x)
 
+    if x.shape[0] == 1:
+        # One step (token-by-token decoding): a loop of one iteration is pure overhead inside an
+        # outer decoding loop, so call the cell directly.
+        new, y = step(p, carry, gx[0])
+        if mask is not None:
+            m = mask[0][:, None]
+            new = jax.tree.map(lambda n, o: jnp.where(m, n, o), new, carry)
+            y = jnp.where(m, y, jnp.zeros_like(y))
+        return y[None], new
     if mask is None:
         def body(c, g):
             return step(p, c, g)
