@@ -159,3 +159,27 @@ def test_import_does_not_need_torch():
             "m = rnnjax.LSTM(2, 3, rngs=nnx.Rngs(0)); m.load_torch_state_dict(m.torch_state_dict()); print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("make", [lambda: rnnjax.LSTM(3, 4, 2, bidirectional=True, rngs=R),
+                                  lambda: rnnjax.GRU(3, 4, 2, rngs=R),
+                                  lambda: rnnjax.RNN(3, 4, nonlinearity="relu", rngs=R)])
+def test_one_step_path_matches_torch(make):
+    """T == 1 skips lax.scan (decoding speed); it must still be torch's step, with hx and lengths."""
+    mod = make()
+    name = type(mod).__name__
+    kw = dict(num_layers=mod.num_layers, bidirectional=mod.bidirectional)
+    if name == "RNN":
+        kw["nonlinearity"] = "relu"
+    t = getattr(torch.nn, name)(3, 4, **kw)
+    mod.load_torch_state_dict(t.state_dict())
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 2, 3)).astype(np.float32)
+    h = rng.standard_normal((mod.num_layers * (2 if mod.bidirectional else 1), 2, 4)).astype(np.float32)
+    hx = (h, h * 0.5) if name == "LSTM" else h
+    t_hx = tuple(torch.tensor(a) for a in hx) if name == "LSTM" else torch.tensor(hx)
+    t_out, t_h = t(torch.tensor(x), t_hx)
+    out, hn = mod(x, hx, lengths=jnp.array([1, 1]))
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(hn), t_h if isinstance(t_h, tuple) else (t_h,)):
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-5, atol=1e-6)
