@@ -54,6 +54,8 @@ FORMS = {
     "7x8": Form(7, 8, "7x8"),
 }
 ALIASES = {"五言绝句": "5x4", "五言律诗": "5x8", "七言绝句": "7x4", "七言律诗": "7x8", "自由": "free"}
+# The same names typed in traditional script are accepted too (not listed in --help).
+_TRADITIONAL = {"五言絕句": "5x4", "五言律詩": "5x8", "七言絕句": "7x4", "七言律詩": "7x8"}
 FORM_CHOICES = (*FORMS, *ALIASES, "auto")
 
 # 十三辙, the thirteen rhyme classes of Beijing opera and modern poetry, as pypinyin strict finals.
@@ -82,7 +84,7 @@ def parse_form(name: str) -> Form | None:
     """A form name or alias -> Form; 'auto' -> None (decided from the prefix or acrostic)."""
     if name == "auto":
         return None
-    key = ALIASES.get(name, name)
+    key = ALIASES.get(name, _TRADITIONAL.get(name, name))
     if key not in FORMS:
         raise UserError(f"unknown form {name!r}; choose one of: {', '.join(FORM_CHOICES)}")
     return FORMS[key]

@@ -219,6 +219,7 @@ def test_sampling_flags_are_checked():
 
 def test_forms_rhyme_and_auto():
     assert forms.parse_form("七言律诗") == forms.FORMS["7x8"] and forms.parse_form("auto") is None
+    assert forms.parse_form("五言絕句") == forms.FORMS["5x4"]  # typed in traditional script
     with pytest.raises(UserError, match="unknown form"):
         forms.parse_form("6x4")
     rc = forms.rhyme_class
