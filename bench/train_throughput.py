@@ -110,23 +110,10 @@ def bench_torch(data, v, pad_id, args):
     over every position, Adam; plus clip_grad_norm_ so both sides do the same work."""
     import torch
     import torch.nn as nn
+    from tutorial_ref import Net
 
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
-
-    class Net(nn.Module):
-        def __init__(self, vocab_size, embedding_dim, hidden_dim):
-            super().__init__()
-            self.hidden_dim = hidden_dim
-            self.embeddings = nn.Embedding(vocab_size, embedding_dim)
-            self.lstm = nn.LSTM(embedding_dim, self.hidden_dim, num_layers=args.num_layers, batch_first=False)
-            self.linear1 = nn.Linear(self.hidden_dim, vocab_size)
-
-        def forward(self, input, hidden=None):
-            seq_len, batch_size = input.size()
-            embeds = self.embeddings(input)
-            output, hidden = self.lstm(embeds, hidden)
-            return self.linear1(output.view(seq_len * batch_size, -1)), hidden
 
     model = Net(v, args.embedding_dim, args.hidden_dim)
     criterion = nn.CrossEntropyLoss()
