@@ -6,7 +6,6 @@ Pure functions over the flat dict of torch-named arrays (``weight_ih_l0``, ``bia
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -14,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax import cells
+from rnnjax.lstm_layer import lstm_direction
 
 MODES = tuple(cells.STEPS)
 
@@ -105,6 +105,12 @@ def scan_direction(mode, p, x, carry, *, mask=None, reverse=False, unroll=1):
     the sequence's own last step, which is where torch's reverse direction starts.
     """
     step = cells.STEPS[mode]
+    if mode == "LSTM" and "weight_hr" not in p and x.shape[0] > 1:
+        w_hh = p["weight_hh"]
+        b = p["bias_ih"] + p["bias_hh"] if "bias_ih" in p else jnp.zeros(w_hh.shape[0], w_hh.dtype)
+        m = jnp.ones(x.shape[:2], bool) if mask is None else mask
+        ys, h_n, c_n = lstm_direction(reverse, p["weight_ih"], w_hh, b, x, carry[0], carry[1], m)
+        return ys, (h_n, c_n)
     # The input projection for all steps is one large matmul; only h @ W_hh stays in the loop.
     gx = cells.input_projection(p, x)
 
@@ -117,12 +123,6 @@ def scan_direction(mode, p, x, carry, *, mask=None, reverse=False, unroll=1):
             new = jax.tree.map(lambda n, o: jnp.where(m, n, o), new, carry)
             y = jnp.where(m, y, jnp.zeros_like(y))
         return y[None], new
-    if mode == "LSTM" and "weight_hr" not in p:
-        w_hh = p["weight_hh"]
-        b_hh = p.get("bias_hh", jnp.zeros(w_hh.shape[0], w_hh.dtype))
-        m = jnp.ones(x.shape[:2], bool) if mask is None else mask
-        ys, h_n, c_n = _lstm_scan(reverse, w_hh, b_hh, gx, carry[0], carry[1], m)
-        return ys, (h_n, c_n)
     if mask is None:
         def body(c, g):
             return step(p, c, g)
@@ -138,63 +138,6 @@ def scan_direction(mode, p, x, carry, *, mask=None, reverse=False, unroll=1):
 
         carry, ys = jax.lax.scan(body, carry, (gx, mask), reverse=reverse, unroll=unroll)
     return ys, carry
-
-
-def _lstm_gates(gates):
-    i, f, g, o = jnp.split(gates, 4, axis=-1)
-    return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _lstm_scan(reverse, w_hh, b_hh, gx, h0, c0, mask):
-    """An LSTM direction (no projection) with a hand-written backward pass, as cuDNN does it.
-
-    Autodiff of ``lax.scan`` accumulates ``dW_hh`` inside the loop and saves residuals op by op;
-    here the backward loop carries only ``(dh, dc)`` and emits each step's gate gradients, and
-    ``dW_hh``, ``db_hh`` (and, outside, ``dW_ih``) become single large matmuls after the loop.
-    """
-    return _lstm_scan_fwd(reverse, w_hh, b_hh, gx, h0, c0, mask)[0]
-
-
-def _lstm_scan_fwd(reverse, w_hh, b_hh, gx, h0, c0, mask):
-    def body(carry, inp):
-        h, c = carry
-        g_t, m = inp
-        i, f, g, o = _lstm_gates(g_t + h @ w_hh.T + b_hh)
-        c_new = f * c + i * g
-        tc = jnp.tanh(c_new)
-        h_new = o * tc
-        m = m[:, None]
-        out = (jnp.where(m, h_new, h), jnp.where(m, c_new, c))
-        return out, (jnp.where(m, h_new, jnp.zeros_like(h_new)), h, c, i, f, g, o, tc)
-
-    (h_n, c_n), (ys, *acts) = jax.lax.scan(body, (h0, c0), (gx, mask), reverse=reverse)
-    return (ys, h_n, c_n), (w_hh, mask, *acts)
-
-
-def _lstm_scan_bwd(reverse, res, cts):
-    w_hh, mask, hs, cs, i, f, g, o, tc = res
-    dys, dh_n, dc_n = cts
-
-    def body(carry, inp):
-        dh, dc = carry
-        dy, m, c_prev, i, f, g, o, tc = inp
-        m = m[:, None]
-        dh_new = jnp.where(m, dh + dy, 0)
-        dc_new = jnp.where(m, dc, 0) + dh_new * o * (1 - tc * tc)
-        dgates = jnp.concatenate([dc_new * g * i * (1 - i), dc_new * c_prev * f * (1 - f),
-                                  dc_new * i * (1 - g * g), dh_new * tc * o * (1 - o)], axis=-1)
-        dh_prev = dgates @ w_hh + jnp.where(m, 0, dh)
-        dc_prev = dc_new * f + jnp.where(m, 0, dc)
-        return (dh_prev, dc_prev), dgates
-
-    (dh0, dc0), dgates = jax.lax.scan(body, (dh_n, dc_n), (dys, mask, cs, i, f, g, o, tc),
-                                      reverse=not reverse)
-    dw_hh = jnp.einsum("tbg,tbh->gh", dgates, hs)
-    return dw_hh, dgates.sum(axis=(0, 1)), dgates, dh0, dc0, None
-
-
-_lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
 
 
 def _shape_str(shape):
