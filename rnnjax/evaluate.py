@@ -106,10 +106,7 @@ def generation_report(gen: g.Generator, sampling: g.Sampling, seed: int) -> tupl
 
 @functools.partial(jax.jit, static_argnames="graphdef")
 def _nll_sum(graphdef, params, inputs, targets, mask):
-    logits, _ = nnx.merge(graphdef, params)(inputs)
-    logits = logits.astype(jnp.float32)
-    nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return jnp.sum(nll * mask), jnp.sum(mask)
+    return nnx.merge(graphdef, params).nll_sum(inputs, targets, mask), jnp.sum(mask)
 
 
 def validation_perplexity(model, vocab, config: dict, data_path, batch_size: int = 64) -> tuple[float | None, str]:

@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 import rnnjax.nn as rnn_layers
+from rnnjax.losses import linear_cross_entropy
 from rnnjax.torch_compat import to_numpy
 
 CELLS = ("lstm", "gru", "rnn")
@@ -71,9 +72,29 @@ class PoetryModel(nnx.Module):
 
     def __call__(self, tokens, hx=None, *, deterministic: bool | None = None, rngs=None):
         """tokens (T,B) or unbatched (T,) int -> (logits (T,B,V) or (T,V), hx as the cell returns it)."""
-        embeds = self.embeddings(tokens)
-        output, hx = self.rnn(embeds, hx, deterministic=deterministic, rngs=rngs)
+        output, hx = self.features(tokens, hx, deterministic=deterministic, rngs=rngs)
         return self.linear1(output), hx
+
+    def features(self, tokens, hx=None, *, deterministic: bool | None = None, rngs=None):
+        """The recurrent stack's output (T,B,H) and hx: everything before the output layer."""
+        return self.rnn(self.embeddings(tokens), hx, deterministic=deterministic, rngs=rngs)
+
+    def nll_sum(self, tokens, targets, mask, *, deterministic: bool | None = None, rngs=None):
+        """Summed negative log-likelihood of `targets` where `mask` is 1, computed in float32.
+
+        Equal to cross-entropy on `self(tokens)[0]`, but the output layer and the loss run chunk by
+        chunk (`rnnjax.losses`), so the (T,B,V) logits never exist: that is most of a step's memory
+        traffic on a CPU.
+        """
+        output, _ = self.features(tokens, deterministic=deterministic, rngs=rngs)
+        f32 = jnp.float32
+        return linear_cross_entropy(
+            output.reshape(-1, output.shape[-1]).astype(f32),
+            self.linear1.kernel[...].astype(f32),
+            self.linear1.bias[...].astype(f32),
+            targets.reshape(-1),
+            mask.reshape(-1).astype(f32),
+        )
 
     # ---- torch interop -------------------------------------------------------------------------
 

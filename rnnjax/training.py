@@ -59,11 +59,7 @@ def make_optimizer(lr: float, clip: float) -> optax.GradientTransformation:
 def _nll_sum(graphdef, params, rest, inputs, targets, mask, key, deterministic):
     """Summed negative log-likelihood of the real (mask 1) targets."""
     model = nnx.merge(graphdef, params, rest)
-    logits, _ = model(inputs, deterministic=deterministic, rngs=key)
-    # logsumexp - logit[target] is log_softmax without materialising a second (T,B,V) array.
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return jnp.sum((lse - picked) * mask)
+    return model.nll_sum(inputs, targets, mask, deterministic=deterministic, rngs=key)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "dropout"), donate_argnums=(0, 1))
