@@ -3,7 +3,8 @@
     python bench/layers.py                 # the tutorial's shape: T=124, B=128, input 128, hidden 256, 2 layers
     python bench/layers.py --cell gru --repeats 5
 
-Prints the median of warm repeats for each side and the ratio rnnjax / torch (< 1 means faster).
+Prints the median of warm repeats for each side (run alternately) and the ratio rnnjax / torch
+(< 1 means faster).
 """
 from __future__ import annotations
 
@@ -21,14 +22,19 @@ from flax import nnx
 import rnnjax
 
 
-def median_time(fn, repeats):
-    fn()  # warm: compile / allocate
-    times = []
+def interleaved_medians(fns, repeats):
+    """Median wall time of each function, run in turn (a, b, a, b, ...) so that both sides see the
+    same machine: on a shared 2-core box, timing one side's repeats and then the other's moved the
+    ratio by +-15% from run to run."""
+    for fn in fns:
+        fn()  # warm: compile / allocate
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def main():
@@ -39,7 +45,7 @@ def main():
     ap.add_argument("--input", type=int, default=128)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--unroll", type=int, default=None, help="lax.scan unroll (default: the module's)")
     args = ap.parse_args()
 
@@ -79,8 +85,7 @@ def main():
     tl = tmod(x_t)[0].sum().item()
     assert abs(float(jl) - tl) <= 1e-4 * max(1.0, abs(tl)), (float(jl), tl)
 
-    t_torch = median_time(torch_step, args.repeats)
-    t_jax = median_time(jax_run, args.repeats)
+    t_torch, t_jax = interleaved_medians([torch_step, jax_run], args.repeats)
     print(f"{name} fwd+bwd T={args.steps} B={args.batch} I={args.input} H={args.hidden} L={args.layers} "
           f"on {os.cpu_count()} CPU cores (jax {jax.__version__}, torch {torch.__version__})")
     print(f"  torch.nn.{name}: {t_torch * 1e3:8.1f} ms")
