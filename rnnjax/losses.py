@@ -21,7 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-CHUNK = 1024
+CHUNK = 512
 
 
 def _chunked(h, targets, weights, chunk):
