@@ -27,7 +27,7 @@ CHUNK = 512
 def _chunked(h, targets, weights, chunk):
     """Pad rows to a multiple of ``chunk`` (padding rows weigh 0) and split into ``(n_chunks, chunk, ...)``."""
     n = h.shape[0]
-    chunk = min(chunk, n)
+    chunk = max(1, min(chunk, n))
     pad = (-n) % chunk
     if pad:
         h = jnp.pad(h, ((0, pad), (0, 0)))

@@ -39,7 +39,7 @@ def _gates(gx, hw, b, hidden):
     return _sigmoid(z[0]), _sigmoid(z[1]), jnp.tanh(z[2]), _sigmoid(z[3])
 
 
-def _forward(reverse, w_ih, w_hh, b, x, h0, c0, mask, *, save):
+def _forward(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask, *, save):
     hidden = w_hh.shape[1]
     gx = _project(x, w_ih)
     w_hh_t = w_hh.T
@@ -59,14 +59,15 @@ def _forward(reverse, w_ih, w_hh, b, x, h0, c0, mask, *, save):
         return out, ((y, h, c, i, f, g, o) if save else y)
 
     xs = gx if mask is None else (*gx, mask)
-    (h_n, c_n), outs = jax.lax.scan(body, (h0, c0), xs, reverse=reverse)
+    (h_n, c_n), outs = jax.lax.scan(body, (h0, c0), xs, reverse=reverse, unroll=unroll)
     return outs, h_n, c_n
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def lstm_direction(reverse, w_ih, w_hh, b, x, h0, c0, mask):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def lstm_direction(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask):
     r"""An LSTM direction over ``x`` ``(T, B, I)``; returns ``(ys, h_n, c_n)``.
 
+    ``unroll`` is ``lax.scan``'s, for the forward and the backward loop.
     ``b`` is ``b_ih + b_hh`` (``4H``); ``mask`` ``(T, B)`` marks valid steps: where it is false the
     carry passes through and the output is zero (packed-sequence semantics, see ``recurrent``);
     ``None`` means every step is valid.
@@ -75,12 +76,12 @@ def lstm_direction(reverse, w_ih, w_hh, b, x, h0, c0, mask):
     .. math::
         c' = \sigma(f) c + \sigma(i) \tanh(g), \qquad h' = \sigma(o) \tanh(c')
     """
-    ys, h_n, c_n = _forward(reverse, w_ih, w_hh, b, x, h0, c0, mask, save=False)
+    ys, h_n, c_n = _forward(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask, save=False)
     return ys, h_n, c_n
 
 
-def _fwd(reverse, w_ih, w_hh, b, x, h0, c0, mask):
-    (ys, *acts), h_n, c_n = _forward(reverse, w_ih, w_hh, b, x, h0, c0, mask, save=True)
+def _fwd(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask):
+    (ys, *acts), h_n, c_n = _forward(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask, save=True)
     if mask is None:  # h_prev is ys shifted by one step, with h0 first (in scan order)
         acts = [(ys, h0), *acts]
     return (ys, h_n, c_n), (w_ih, w_hh, x, mask, *acts)
@@ -93,7 +94,7 @@ def _weight_grad(inp, dgates):
     return jax.lax.optimization_barrier(dw_t).T
 
 
-def _bwd(reverse, res, cts):
+def _bwd(reverse, unroll, res, cts):
     w_ih, w_hh, x, mask, hs, cs, i, f, g, o = res
     dys, dh_n, dc_n = cts
 
@@ -116,7 +117,7 @@ def _bwd(reverse, res, cts):
         return (dh_prev, dc_prev), dgates
 
     xs = (dys, cs, i, f, g, o) if mask is None else (dys, mask, cs, i, f, g, o)
-    (dh0, dc0), dgates = jax.lax.scan(body, (dh_n, dc_n), xs, reverse=not reverse)
+    (dh0, dc0), dgates = jax.lax.scan(body, (dh_n, dc_n), xs, reverse=not reverse, unroll=unroll)
     dx = dgates @ w_ih
     if mask is None:
         ys, h0 = hs

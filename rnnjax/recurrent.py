@@ -108,7 +108,8 @@ def scan_direction(mode, p, x, carry, *, mask=None, reverse=False, unroll=1):
     if mode == "LSTM" and "weight_hr" not in p and x.shape[0] > 1:
         w_hh = p["weight_hh"]
         b = p["bias_ih"] + p["bias_hh"] if "bias_ih" in p else jnp.zeros(w_hh.shape[0], w_hh.dtype)
-        ys, h_n, c_n = lstm_direction(reverse, p["weight_ih"], w_hh, b, x, carry[0], carry[1], mask)
+        ys, h_n, c_n = lstm_direction(reverse, unroll, p["weight_ih"], w_hh, b, x, carry[0], carry[1],
+                                      mask)
         return ys, (h_n, c_n)
     # The input projection for all steps is one large matmul; only h @ W_hh stays in the loop.
     gx = cells.input_projection(p, x)

@@ -73,11 +73,21 @@ def test_init_is_torch_uniform():
     assert not np.array_equal(a["weight_ih_l0"], c["weight_ih_l0"])
 
 
-def test_unroll_gives_same_result():
+@pytest.mark.parametrize("cls", [rnnjax.LSTM, rnnjax.GRU])
+def test_unroll_gives_same_result_and_gradients(cls):
     x = jax.random.normal(jax.random.key(0), (9, 2, 3))
-    a = rnnjax.LSTM(3, 4, 2, rngs=nnx.Rngs(0))
-    b = rnnjax.LSTM(3, 4, 2, unroll=4, rngs=nnx.Rngs(0))
+    lengths = jnp.array([9, 5])
+    a = cls(3, 4, 2, bidirectional=True, rngs=nnx.Rngs(0))
+    b = cls(3, 4, 2, bidirectional=True, unroll=4, rngs=nnx.Rngs(0))
     np.testing.assert_allclose(a(x)[0], b(x)[0], rtol=1e-6, atol=1e-7)
+
+    def grads(module):
+        graphdef, params = nnx.split(module)
+        return jax.grad(lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x, lengths=lengths)[0] ** 2),
+                        argnums=(0, 1))(params, x)
+
+    for ga, gb in zip(jax.tree.leaves(grads(a)), jax.tree.leaves(grads(b))):
+        np.testing.assert_allclose(ga, gb, rtol=1e-5, atol=1e-6)
 
 
 def test_lengths_zero_output_past_end_and_state_at_last_step():
