@@ -99,7 +99,7 @@ def _bwd(reverse, unroll, res, cts):
     dys, dh_n, dc_n = cts
 
     def body(carry, inp):
-        dh, dc = carry
+        dh, dc, db = carry
         if mask is None:
             dy, c_prev, i, f, g, o = inp
             m = jnp.ones((1, 1), bool)
@@ -114,10 +114,12 @@ def _bwd(reverse, unroll, res, cts):
                                   dc_new * i * (1 - g * g), dh_new * tc * o * (1 - o)], axis=-1)
         dh_prev = dgates @ w_hh + jnp.where(m, 0, dh)
         dc_prev = dc_new * f + jnp.where(m, 0, dc)
-        return (dh_prev, dc_prev), dgates
+        return (dh_prev, dc_prev, db + dgates.sum(axis=0)), dgates
 
     xs = (dys, cs, i, f, g, o) if mask is None else (dys, mask, cs, i, f, g, o)
-    (dh0, dc0), dgates = jax.lax.scan(body, (dh_n, dc_n), xs, reverse=not reverse, unroll=unroll)
+    db0 = jnp.zeros(w_hh.shape[0], dh_n.dtype)
+    (dh0, dc0, db), dgates = jax.lax.scan(body, (dh_n, dc_n, db0), xs, reverse=not reverse,
+                                          unroll=unroll)
     dx = dgates @ w_ih
     if mask is None:
         ys, h0 = hs
@@ -126,7 +128,7 @@ def _bwd(reverse, unroll, res, cts):
         dw_hh = _weight_grad(ys[later], dgates[rest]) + _weight_grad(h0, dgates[first])
     else:
         dw_hh = _weight_grad(hs, dgates)
-    return (_weight_grad(x, dgates), dw_hh, dgates.sum(axis=(0, 1)), dx, dh0, dc0, None)
+    return (_weight_grad(x, dgates), dw_hh, db, dx, dh0, dc0, None)
 
 
 lstm_direction.defvjp(_fwd, _bwd)
