@@ -87,11 +87,19 @@ def _fwd(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask):
     return (ys, h_n, c_n), (w_ih, w_hh, x, mask, *acts)
 
 
-def _weight_grad(inp, dgates):
+def weight_grad(inp, dgates):
     """``dgates^T @ inp`` as ``(inp^T @ dgates)^T``; the barrier keeps XLA from swapping it back."""
     flat = inp.reshape(-1, inp.shape[-1])
     dw_t = jax.lax.dot_general(flat, dgates.reshape(-1, dgates.shape[-1]), (((0,), (0,)), ((), ())))
     return jax.lax.optimization_barrier(dw_t).T
+
+
+def shifted_weight_grad(reverse, ys, h0, dgates):
+    """``dW_hh`` when every step is valid: the step before step t (in scan order) output ``h_prev``,
+    and the first step's ``h_prev`` is ``h0``; so no ``h_prev`` has to be saved."""
+    first, rest = (-1, slice(None, -1)) if reverse else (0, slice(1, None))
+    later = slice(1, None) if reverse else slice(None, -1)
+    return weight_grad(ys[later], dgates[rest]) + weight_grad(h0, dgates[first])
 
 
 def _bwd(reverse, unroll, res, cts):
@@ -121,14 +129,8 @@ def _bwd(reverse, unroll, res, cts):
     (dh0, dc0, db), dgates = jax.lax.scan(body, (dh_n, dc_n, db0), xs, reverse=not reverse,
                                           unroll=unroll)
     dx = dgates @ w_ih
-    if mask is None:
-        ys, h0 = hs
-        first, rest = (-1, slice(None, -1)) if reverse else (0, slice(1, None))
-        later = slice(1, None) if reverse else slice(None, -1)
-        dw_hh = _weight_grad(ys[later], dgates[rest]) + _weight_grad(h0, dgates[first])
-    else:
-        dw_hh = _weight_grad(hs, dgates)
-    return (_weight_grad(x, dgates), dw_hh, db, dx, dh0, dc0, None)
+    dw_hh = shifted_weight_grad(reverse, *hs, dgates) if mask is None else weight_grad(hs, dgates)
+    return weight_grad(x, dgates), dw_hh, db, dx, dh0, dc0, None
 
 
 lstm_direction.defvjp(_fwd, _bwd)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax import cells
+from rnnjax.elman_layer import elman_direction
 from rnnjax.lstm_layer import lstm_direction
 
 MODES = tuple(cells.STEPS)
@@ -105,12 +106,16 @@ def scan_direction(mode, p, x, carry, *, mask=None, reverse=False, unroll=1):
     the sequence's own last step, which is where torch's reverse direction starts.
     """
     step = cells.STEPS[mode]
-    if mode == "LSTM" and "weight_hr" not in p and x.shape[0] > 1:
+    if mode != "GRU" and "weight_hr" not in p and x.shape[0] > 1:
+        # LSTM (unprojected) and Elman RNN have hand-written backward passes; b_ih and b_hh only
+        # ever appear summed in them.
         w_hh = p["weight_hh"]
         b = p["bias_ih"] + p["bias_hh"] if "bias_ih" in p else jnp.zeros(w_hh.shape[0], w_hh.dtype)
-        ys, h_n, c_n = lstm_direction(reverse, unroll, p["weight_ih"], w_hh, b, x, carry[0], carry[1],
-                                      mask)
-        return ys, (h_n, c_n)
+        if mode == "LSTM":
+            ys, h_n, c_n = lstm_direction(reverse, unroll, p["weight_ih"], w_hh, b, x, carry[0],
+                                          carry[1], mask)
+            return ys, (h_n, c_n)
+        return elman_direction(mode, reverse, unroll, p["weight_ih"], w_hh, b, x, carry, mask)
     # The input projection for all steps is one large matmul; only h @ W_hh stays in the loop.
     gx = cells.input_projection(p, x)
 

@@ -187,11 +187,14 @@ def test_dropout_between_layers_only_in_training():
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_lstm_hand_written_backward(bias):
-    """The LSTM's custom VJP (no projection) on every path it has: both directions, lengths, hx, layers."""
-    cfg = dict(mode="lstm", input_size=3, hidden_size=5, num_layers=2, bidirectional=True, batch_first=True,
+@pytest.mark.parametrize("mode", ["lstm", "rnn_tanh", "rnn_relu"])
+def test_hand_written_backward(mode, bias):
+    """The custom VJPs (LSTM without projection, Elman RNN) on every path they have: both directions,
+    with lengths (masked steps, h_prev saved) and without (h_prev taken from the outputs), hx, layers."""
+    cfg = dict(mode=mode, input_size=3, hidden_size=5, num_layers=2, bidirectional=True, batch_first=True,
                bias=bias, proj_size=0, unbatched=False, with_hx=True, steps=6, batch=4, seed=7,
                with_lengths=True)
     with jax.enable_x64(True):
         check_parity(cfg, np.float64, value_tol=1e-10, grad_tol=1e-10)
+        check_parity(dict(cfg, with_lengths=False), np.float64, value_tol=1e-10, grad_tol=1e-10)
     check_parity(dict(cfg, with_lengths=False, with_hx=False), np.float32, value_tol=1e-5, grad_tol=1e-4)

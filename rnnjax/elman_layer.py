@@ -1,0 +1,85 @@
+"""One direction of an Elman RNN layer (tanh or ReLU) with a hand-written backward pass.
+
+The same plan as ``lstm_layer``: the forward loop keeps only the outputs, the backward loop carries
+only ``dh`` and emits each step's pre-activation gradient ``dz``, and the weight gradients are
+single large matmuls after the loop (autodiff of ``lax.scan`` would accumulate ``dW_hh`` step by
+step and save residuals op by op). Both nonlinearities have derivatives that are functions of their
+output, so the outputs are the only residual:
+
+.. math::
+    h' = \phi(W_{ih} x + W_{hh} h + b), \qquad
+    \phi' = 1 - h'^2 \ (\tanh), \quad [h' > 0] \ (\mathrm{ReLU})
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax.lstm_layer import shifted_weight_grad, weight_grad
+
+ACTIVATIONS = {"RNN_TANH": jnp.tanh, "RNN_RELU": jax.nn.relu}
+
+
+def _derivative(mode, y):
+    return 1 - y * y if mode == "RNN_TANH" else (y > 0).astype(y.dtype)
+
+
+def _forward(mode, reverse, unroll, w_ih, w_hh, b, x, h0, mask, *, save):
+    act = ACTIVATIONS[mode]
+    gx = x @ w_ih.T
+    w_hh_t = w_hh.T
+
+    def body(h, inp):
+        h_new = act(inp[0] + h @ w_hh_t + b)
+        if mask is None:
+            return h_new, h_new
+        m = inp[1][:, None]
+        y = jnp.where(m, h_new, jnp.zeros_like(h_new))
+        # With a mask h_prev is not ys shifted, so it is saved for dW_hh.
+        return jnp.where(m, h_new, h), ((y, h) if save else y)
+
+    xs = (gx,) if mask is None else (gx, mask)
+    h_n, outs = jax.lax.scan(body, h0, xs, reverse=reverse, unroll=unroll)
+    return outs, h_n
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def elman_direction(mode, reverse, unroll, w_ih, w_hh, b, x, h0, mask):
+    """An RNN direction over ``x`` ``(T, B, I)``; returns ``(ys, h_n)``.
+
+    ``mode`` is ``"RNN_TANH"`` or ``"RNN_RELU"``, ``b`` is ``b_ih + b_hh``; ``mask`` as in
+    ``lstm_layer.lstm_direction`` (``None``: every step valid).
+    """
+    return _forward(mode, reverse, unroll, w_ih, w_hh, b, x, h0, mask, save=False)
+
+
+def _fwd(mode, reverse, unroll, w_ih, w_hh, b, x, h0, mask):
+    outs, h_n = _forward(mode, reverse, unroll, w_ih, w_hh, b, x, h0, mask, save=True)
+    ys, hs = (outs, None) if mask is None else outs
+    return (ys, h_n), (w_ih, w_hh, x, h0, mask, ys, hs)
+
+
+def _bwd(mode, reverse, unroll, res, cts):
+    w_ih, w_hh, x, h0, mask, ys, hs = res
+    dys, dh_n = cts
+
+    def body(carry, inp):
+        dh, db = carry
+        dy, y = inp[0], inp[1]
+        dz = (dh + dy) * _derivative(mode, y)
+        if mask is None:
+            return (dz @ w_hh, db + dz.sum(axis=0)), dz
+        m = inp[2][:, None]
+        dz = jnp.where(m, dz, 0)
+        return (dz @ w_hh + jnp.where(m, 0, dh), db + dz.sum(axis=0)), dz
+
+    xs = (dys, ys) if mask is None else (dys, ys, mask)
+    db0 = jnp.zeros(w_hh.shape[0], dh_n.dtype)
+    (dh0, db), dz = jax.lax.scan(body, (dh_n, db0), xs, reverse=not reverse, unroll=unroll)
+    dw_hh = shifted_weight_grad(reverse, ys, h0, dz) if mask is None else weight_grad(hs, dz)
+    return weight_grad(x, dz), dw_hh, db, dz @ w_ih, dh0, None
+
+
+elman_direction.defvjp(_fwd, _bwd)
