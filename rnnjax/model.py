@@ -80,20 +80,20 @@ class PoetryModel(nnx.Module):
         return self.rnn(self.embeddings(tokens), hx, deterministic=deterministic, rngs=rngs)
 
     def nll_sum(self, tokens, targets, mask, *, deterministic: bool | None = None, rngs=None):
-        """Summed negative log-likelihood of `targets` where `mask` is 1, computed in float32.
+        """Summed negative log-likelihood of `targets` where `mask` is 1, in at least float32.
 
         Equal to cross-entropy on `self(tokens)[0]`, but the output layer and the loss run chunk by
         chunk (`rnnjax.losses`), so the (T,B,V) logits never exist: that is most of a step's memory
         traffic on a CPU.
         """
         output, _ = self.features(tokens, deterministic=deterministic, rngs=rngs)
-        f32 = jnp.float32
+        dtype = jnp.promote_types(output.dtype, jnp.float32)  # float16 exports are scored in float32
         return linear_cross_entropy(
-            output.reshape(-1, output.shape[-1]).astype(f32),
-            self.linear1.kernel[...].astype(f32),
-            self.linear1.bias[...].astype(f32),
+            output.reshape(-1, output.shape[-1]).astype(dtype),
+            self.linear1.kernel[...].astype(dtype),
+            self.linear1.bias[...].astype(dtype),
             targets.reshape(-1),
-            mask.reshape(-1).astype(f32),
+            mask.reshape(-1).astype(dtype),
         )
 
     # ---- torch interop -------------------------------------------------------------------------
