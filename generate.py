@@ -31,11 +31,7 @@ def main(argv=None) -> None:
     g.add_sampling_args(p)
     args = p.parse_args(argv)
 
-    ckpt = g.resolve_checkpoint(args.checkpoint)
-    from rnnjax.checkpoint import load_model
-
-    model, vocab, _ = load_model(ckpt)
-    print(f"checkpoint: {ckpt}", file=sys.stderr)
+    model, vocab, _, _ = g.load_model_from_args(args)
     gen = g.Generator(model, vocab, max_len=args.max_len)
     request = gen.request(args.prefix, args.acrostic, args.style, args.form, args.rhyme)
     poems = gen.generate([request] * args.num, g.sampling_from_args(args), seed=args.seed)

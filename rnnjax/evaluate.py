@@ -155,11 +155,7 @@ def main(argv=None) -> None:
     g.add_sampling_args(p)
     args = p.parse_args(argv)
 
-    from rnnjax.checkpoint import load_model
-
-    ckpt = g.resolve_checkpoint(args.checkpoint)
-    model, vocab, config = load_model(ckpt)
-    print(f"checkpoint: {ckpt}", file=sys.stderr)
+    model, vocab, config, ckpt = g.load_model_from_args(args)
     sampling = g.sampling_from_args(args)
     ppl, ppl_note = validation_perplexity(model, vocab, config, args.data)
     rows, notes = generation_report(g.Generator(model, vocab, args.max_len), sampling, args.seed)

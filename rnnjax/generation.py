@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import sys
 from pathlib import Path
 
 import jax
@@ -424,6 +425,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    f"(default: {DEFAULT_CHECKPOINTS[0]} if it exists, else {DEFAULT_CHECKPOINTS[1]})")
     p.add_argument("--max-len", type=positive_int, default=DEFAULT_MAX_LEN,
                    help=f"most tokens in a poem, prefix and punctuation included (default {DEFAULT_MAX_LEN})")
+
+
+def load_model_from_args(args):
+    """(model, vocab, config, checkpoint path) for the flags of `add_model_args`; says which on stderr."""
+    from rnnjax.checkpoint import load_model  # orbax is slow to import; only the CLIs need it
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    model, vocab, config = load_model(ckpt)
+    print(f"checkpoint: {ckpt}", file=sys.stderr)
+    return model, vocab, config, ckpt
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
