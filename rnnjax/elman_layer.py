@@ -17,7 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rnnjax.lstm_layer import shifted_weight_grad, weight_grad
+from rnnjax.lstm_layer import loop_buffer, previous_outputs, weight_grad
 
 ACTIVATIONS = {"RNN_TANH": jnp.tanh, "RNN_RELU": jax.nn.relu}
 
@@ -66,20 +66,25 @@ def _bwd(mode, reverse, unroll, res, cts):
     dys, dh_n = cts
 
     def body(carry, inp):
-        dh, db = carry
-        dy, y = inp[0], inp[1]
+        dh, db, dz_all = carry
+        t, dy, y = inp[0], inp[1], inp[2]
         dz = (dh + dy) * _derivative(mode, y)
         if mask is None:
-            return (dz @ w_hh, db + dz.sum(axis=0)), dz
-        m = inp[2][:, None]
-        dz = jnp.where(m, dz, 0)
-        return (dz @ w_hh + jnp.where(m, 0, dh), db + dz.sum(axis=0)), dz
+            dh_prev = dz @ w_hh
+        else:
+            m = inp[3][:, None]
+            dz = jnp.where(m, dz, 0)
+            dh_prev = dz @ w_hh + jnp.where(m, 0, dh)
+        dz_all = jax.lax.dynamic_update_index_in_dim(dz_all, dz, t, 0)
+        return (dh_prev, db + dz.sum(axis=0), dz_all), None
 
-    xs = (dys, ys) if mask is None else (dys, ys, mask)
+    steps = jnp.arange(x.shape[0])
+    xs = (steps, dys, ys) if mask is None else (steps, dys, ys, mask)
     db0 = jnp.zeros(w_hh.shape[0], dh_n.dtype)
-    (dh0, db), dz = jax.lax.scan(body, (dh_n, db0), xs, reverse=not reverse, unroll=unroll)
-    dw_hh = shifted_weight_grad(reverse, ys, h0, dz) if mask is None else weight_grad(hs, dz)
-    return weight_grad(x, dz), dw_hh, db, dz @ w_ih, dh0, None
+    dz0 = loop_buffer(ys.shape, dys, ys)  # see lstm_layer.loop_buffer
+    (dh0, db, dz), _ = jax.lax.scan(body, (dh_n, db0, dz0), xs, reverse=not reverse, unroll=unroll)
+    h_prev = previous_outputs(reverse, ys, h0) if mask is None else hs
+    return weight_grad(x, dz), weight_grad(h_prev, dz), db, dz @ w_ih, dh0, None
 
 
 elman_direction.defvjp(_fwd, _bwd)
