@@ -29,14 +29,14 @@ def _project(x, w_ih):
     return tuple(x @ w.T for w in jnp.split(w_ih, 4, axis=0))
 
 
-def _sigmoid(z):
+def sigmoid(z):
     # The same function as jax.nn.sigmoid; XLA:CPU vectorises tanh better than its logistic.
     return 0.5 * jnp.tanh(0.5 * z) + 0.5
 
 
 def _gates(gx, hw, b, hidden):
     z = [gx[k] + hw[:, k * hidden:(k + 1) * hidden] + b[k] for k in range(4)]
-    return _sigmoid(z[0]), _sigmoid(z[1]), jnp.tanh(z[2]), _sigmoid(z[3])
+    return sigmoid(z[0]), sigmoid(z[1]), jnp.tanh(z[2]), sigmoid(z[3])
 
 
 def _forward(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask, *, save):
@@ -103,6 +103,16 @@ def previous_outputs(reverse, ys, h0):
     return jnp.concatenate([h0[None], ys[:-1]])
 
 
+def step_inputs(inp, masked):
+    """A backward step's ``(t, dy, m, rest)`` from its scanned inputs ``(t, dy[, mask], *rest)``;
+    ``m`` is ``(B, 1)``, or a constant ``True`` (folded away by XLA) when nothing is masked."""
+    if masked:
+        t, dy, m, *rest = inp
+        return t, dy, m[:, None], rest
+    t, dy, *rest = inp
+    return t, dy, jnp.ones((1, 1), bool), rest
+
+
 def loop_buffer(shape, *sources):
     """A ``shape`` array for a backward loop to fill, one step per iteration.
 
@@ -123,12 +133,7 @@ def _bwd(reverse, unroll, res, cts):
 
     def body(carry, inp):
         dh, dc, db, dgates_all = carry
-        if mask is None:
-            t, dy, c_prev, i, f, g, o = inp
-            m = jnp.ones((1, 1), bool)
-        else:
-            t, dy, m, c_prev, i, f, g, o = inp
-            m = m[:, None]
+        t, dy, m, (c_prev, i, f, g, o) = step_inputs(inp, mask is not None)
         c_new = f * c_prev + i * g  # recomputed: cheaper than saving tanh(c') per step
         tc = jnp.tanh(c_new)
         dh_new = jnp.where(m, dh + dy, 0)

@@ -14,6 +14,7 @@ import numpy as np
 
 from rnnjax import cells
 from rnnjax.elman_layer import elman_direction
+from rnnjax.gru_layer import gru_direction
 from rnnjax.lstm_layer import lstm_direction
 
 MODES = tuple(cells.STEPS)
@@ -106,11 +107,16 @@ def scan_direction(mode, p, x, carry, *, mask=None, reverse=False, unroll=1):
     the sequence's own last step, which is where torch's reverse direction starts.
     """
     step = cells.STEPS[mode]
-    if mode != "GRU" and "weight_hr" not in p and x.shape[0] > 1:
-        # LSTM (unprojected) and Elman RNN have hand-written backward passes; b_ih and b_hh only
-        # ever appear summed in them.
+    if "weight_hr" not in p and x.shape[0] > 1:
+        # LSTM (unprojected), GRU and Elman RNN have hand-written backward passes.
         w_hh = p["weight_hh"]
-        b = p["bias_ih"] + p["bias_hh"] if "bias_ih" in p else jnp.zeros(w_hh.shape[0], w_hh.dtype)
+        zeros = jnp.zeros(w_hh.shape[0], w_hh.dtype)
+        b_ih, b_hh = (p["bias_ih"], p["bias_hh"]) if "bias_ih" in p else (zeros, zeros)
+        if mode == "GRU":  # b_hn sits inside the reset gate's product: the biases stay apart
+            ys, h_n = gru_direction(reverse, unroll, p["weight_ih"], w_hh, b_ih, b_hh, x, carry,
+                                    mask)
+            return ys, h_n
+        b = b_ih + b_hh  # LSTM and Elman only ever use the two biases summed
         if mode == "LSTM":
             ys, h_n, c_n = lstm_direction(reverse, unroll, p["weight_ih"], w_hh, b, x, carry[0],
                                           carry[1], mask)
@@ -196,6 +202,8 @@ def apply(cfg: Config, params, x, hx=None, *, lengths=None, dropout_key=None, un
     elif cfg.batch_first:
         x = jnp.swapaxes(x, 0, 1)
     steps, batch = x.shape[0], x.shape[1]
+    if steps == 0:
+        raise ValueError("Expected sequence length to be larger than 0 in RNN: the input has 0 time steps")
     nd = cfg.num_layers * cfg.num_directions
     is_lstm = cfg.mode == "LSTM"
 

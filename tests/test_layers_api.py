@@ -116,6 +116,8 @@ def test_pure_cell_matches_layer_step():
     [
         (lambda: rnnjax.LSTM(4, 3, rngs=R)(jnp.zeros((2, 3, 4, 5))), "Expected input to be 2D or 3D, got 4D"),
         (lambda: rnnjax.LSTM(4, 3, rngs=R)(jnp.zeros((2, 3, 7))), "input_size. Expected 4, got 7"),
+        (lambda: rnnjax.GRU(4, 3, rngs=R)(jnp.zeros((0, 3, 4))), "sequence length to be larger than 0"),
+        (lambda: rnnjax.LSTM(4, 3, batch_first=True, rngs=R)(jnp.zeros((3, 0, 4))), "larger than 0"),
         (lambda: rnnjax.GRU(4, 3, rngs=R)(jnp.zeros((2, 3, 4)), jnp.zeros((2, 3, 3))),
          r"Expected hidden size \(1, 3, 3\), got \(2, 3, 3\)"),
         (lambda: rnnjax.LSTM(4, 3, rngs=R)(jnp.zeros((2, 3, 4)), (jnp.zeros((1, 3, 3)), jnp.zeros((1, 2, 3)))),

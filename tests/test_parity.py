@@ -187,9 +187,9 @@ def test_dropout_between_layers_only_in_training():
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("mode", ["lstm", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 def test_hand_written_backward(mode, bias):
-    """The custom VJPs (LSTM without projection, Elman RNN) on every path they have: both directions,
+    """The custom VJPs (LSTM without projection, GRU, Elman RNN) on every path they have: both directions,
     with lengths (masked steps, h_prev saved) and without (h_prev taken from the outputs), hx, layers."""
     cfg = dict(mode=mode, input_size=3, hidden_size=5, num_layers=2, bidirectional=True, batch_first=True,
                bias=bias, proj_size=0, unbatched=False, with_hx=True, steps=6, batch=4, seed=7,

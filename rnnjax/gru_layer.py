@@ -1,0 +1,101 @@
+"""One direction of a GRU layer with a hand-written backward pass.
+
+The same plan as ``lstm_layer``: the forward loop saves only what the backward needs, the backward
+loop carries only ``dh`` and emits each step's gate gradients, and every weight gradient is one
+large matmul after the loop. The GRU differs in that ``b_hn`` sits inside the reset gate's product,
+so the input side and the hidden side of the gates get different gradients in the ``n`` block:
+
+.. math::
+    \bar n = \delta_{h'} (1 - z) (1 - n^2), \qquad
+    \partial(W_{in} x) = \bar n, \qquad \partial(W_{hn} h + b_{hn}) = r \bar n, \\
+    \partial(\cdot_r) = \bar n \, (W_{hn} h + b_{hn}) \, r (1 - r), \qquad
+    \partial(\cdot_z) = \delta_{h'} (h - n) \, z (1 - z), \qquad
+    \delta_h = \delta_{h'} z + \partial(W_{hh} h) W_{hh}
+
+where :math:`\delta_{h'}` is the step's output gradient plus the one carried from the step after.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax.lstm_layer import loop_buffer, previous_outputs, sigmoid, step_inputs, weight_grad
+
+
+def _forward(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask, *, save):
+    hidden = w_hh.shape[1]
+    # Per-gate projections, as in lstm_layer (a loop fusion reading slices of one scanned array is
+    # several times slower on XLA:CPU).
+    gx = tuple(x @ w.T for w in jnp.split(w_ih, 3, axis=0))
+    w_hh_t = w_hh.T
+    bi, bh = jnp.split(b_ih, 3), jnp.split(b_hh, 3)
+
+    def body(h, inp):
+        hw = h @ w_hh_t
+        r = sigmoid(inp[0] + hw[:, :hidden] + (bi[0] + bh[0]))
+        z = sigmoid(inp[1] + hw[:, hidden:2 * hidden] + (bi[1] + bh[1]))
+        hn = hw[:, 2 * hidden:] + bh[2]
+        n = jnp.tanh(inp[2] + bi[2] + r * hn)
+        h_new = (1 - z) * n + z * h
+        if mask is None:
+            return h_new, ((h_new, r, z, n, hn) if save else h_new)
+        m = inp[3][:, None]
+        y = jnp.where(m, h_new, jnp.zeros_like(h_new))
+        return jnp.where(m, h_new, h), ((y, h, r, z, n, hn) if save else y)
+
+    xs = gx if mask is None else (*gx, mask)
+    h_n, outs = jax.lax.scan(body, h0, xs, reverse=reverse, unroll=unroll)
+    return outs, h_n
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def gru_direction(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask):
+    """A GRU direction over ``x`` ``(T, B, I)``; returns ``(ys, h_n)``.
+
+    Gates in torch's order ``r, z, n`` (see ``cells.gru_step``); ``mask`` as in
+    ``lstm_layer.lstm_direction`` (``None``: every step valid).
+    """
+    return _forward(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask, save=False)
+
+
+def _fwd(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask):
+    (ys, *acts), h_n = _forward(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask, save=True)
+    if mask is None:  # h_prev is ys shifted by one step, with h0 first (in scan order)
+        acts = [(ys, h0), *acts]
+    return (ys, h_n), (w_ih, w_hh, x, mask, *acts)
+
+
+def _bwd(reverse, unroll, res, cts):
+    w_ih, w_hh, x, mask, hs, r, z, n, hn = res
+    dys, dh_n = cts
+    h_prev = previous_outputs(reverse, *hs) if mask is None else hs
+
+    def body(carry, inp):
+        dh, dbi, dbh, dgx_all, dgh_all = carry
+        t, dy, m, (h, r, z, n, hn) = step_inputs(inp, mask is not None)
+        d = jnp.where(m, dh + dy, 0)
+        dn = d * (1 - z) * (1 - n * n)
+        dr = dn * hn * r * (1 - r)
+        dz = d * (h - n) * z * (1 - z)
+        dgx = jnp.concatenate([dr, dz, dn], axis=-1)
+        dgh = jnp.concatenate([dr, dz, dn * r], axis=-1)
+        dh_prev = d * z + dgh @ w_hh + jnp.where(m, 0, dh)
+        dgx_all = jax.lax.dynamic_update_index_in_dim(dgx_all, dgx, t, 0)
+        dgh_all = jax.lax.dynamic_update_index_in_dim(dgh_all, dgh, t, 0)
+        return (dh_prev, dbi + dgx.sum(axis=0), dbh + dgh.sum(axis=0), dgx_all, dgh_all), None
+
+    steps = jnp.arange(x.shape[0])
+    xs = (steps, dys, h_prev, r, z, n, hn)
+    if mask is not None:
+        xs = (steps, dys, mask, h_prev, r, z, n, hn)
+    shape = (*x.shape[:2], w_hh.shape[0])
+    zeros = jnp.zeros(w_hh.shape[0], dh_n.dtype)
+    init = (dh_n, zeros, zeros, loop_buffer(shape, dys, r), loop_buffer(shape, dys, z))
+    (dh0, db_ih, db_hh, dgx, dgh), _ = jax.lax.scan(body, init, xs, reverse=not reverse,
+                                                    unroll=unroll)
+    return (weight_grad(x, dgx), weight_grad(h_prev, dgh), db_ih, db_hh, dgx @ w_ih, dh0, None)
+
+
+gru_direction.defvjp(_fwd, _bwd)
