@@ -17,7 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rnnjax.lstm_layer import loop_buffer, previous_outputs, weight_grad
+from rnnjax.lstm_layer import loop_buffer, previous_outputs, step_inputs, weight_grad
 
 ACTIVATIONS = {"RNN_TANH": jnp.tanh, "RNN_RELU": jax.nn.relu}
 
@@ -67,19 +67,14 @@ def _bwd(mode, reverse, unroll, res, cts):
 
     def body(carry, inp):
         dh, db, dz_all = carry
-        t, dy, y = inp[0], inp[1], inp[2]
-        dz = (dh + dy) * _derivative(mode, y)
-        if mask is None:
-            dh_prev = dz @ w_hh
-        else:
-            m = inp[3][:, None]
-            dz = jnp.where(m, dz, 0)
-            dh_prev = dz @ w_hh + jnp.where(m, 0, dh)
+        t, dy, m, (y,) = step_inputs(inp, mask is not None)
+        dz = jnp.where(m, (dh + dy) * _derivative(mode, y), 0)
+        dh_prev = dz @ w_hh + jnp.where(m, 0, dh)
         dz_all = jax.lax.dynamic_update_index_in_dim(dz_all, dz, t, 0)
         return (dh_prev, db + dz.sum(axis=0), dz_all), None
 
     steps = jnp.arange(x.shape[0])
-    xs = (steps, dys, ys) if mask is None else (steps, dys, ys, mask)
+    xs = (steps, dys, ys) if mask is None else (steps, dys, mask, ys)
     db0 = jnp.zeros(w_hh.shape[0], dh_n.dtype)
     dz0 = loop_buffer(ys.shape, dys, ys)  # see lstm_layer.loop_buffer
     (dh0, db, dz), _ = jax.lax.scan(body, (dh_n, db0, dz0), xs, reverse=not reverse, unroll=unroll)
