@@ -21,21 +21,21 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rnnjax.lstm_layer import loop_buffer, previous_outputs, sigmoid, step_inputs, weight_grad
+from rnnjax.lstm_layer import (loop_buffer, previous_outputs, project, sigmoid, step_inputs,
+                               weight_grad)
 
 
 def _forward(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask, *, save):
     hidden = w_hh.shape[1]
-    # Per-gate projections, as in lstm_layer (a loop fusion reading slices of one scanned array is
-    # several times slower on XLA:CPU).
-    gx = tuple(x @ w.T for w in jnp.split(w_ih, 3, axis=0))
+    gx = project(x, w_ih, 3)
     w_hh_t = w_hh.T
     bi, bh = jnp.split(b_ih, 3), jnp.split(b_hh, 3)
+    b_r, b_z = bi[0] + bh[0], bi[1] + bh[1]  # only b_hn has to stay apart
 
     def body(h, inp):
         hw = h @ w_hh_t
-        r = sigmoid(inp[0] + hw[:, :hidden] + (bi[0] + bh[0]))
-        z = sigmoid(inp[1] + hw[:, hidden:2 * hidden] + (bi[1] + bh[1]))
+        r = sigmoid(inp[0] + hw[:, :hidden] + b_r)
+        z = sigmoid(inp[1] + hw[:, hidden:2 * hidden] + b_z)
         hn = hw[:, 2 * hidden:] + bh[2]
         n = jnp.tanh(inp[2] + bi[2] + r * hn)
         h_new = (1 - z) * n + z * h

@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 
 
-def _project(x, w_ih):
-    """``x @ W_ih^T`` split by gate: four ``(T, B, H)`` arrays (see the module docstring)."""
-    return tuple(x @ w.T for w in jnp.split(w_ih, 4, axis=0))
+def project(x, w_ih, gates):
+    """``x @ W_ih^T`` split by gate: ``gates`` ``(T, B, H)`` arrays (see the module docstring)."""
+    return tuple(x @ w.T for w in jnp.split(w_ih, gates, axis=0))
 
 
 def sigmoid(z):
@@ -41,7 +41,7 @@ def _gates(gx, hw, b, hidden):
 
 def _forward(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask, *, save):
     hidden = w_hh.shape[1]
-    gx = _project(x, w_ih)
+    gx = project(x, w_ih, 4)
     w_hh_t = w_hh.T
     bs = jnp.split(b, 4)
 
