@@ -1,4 +1,4 @@
-"""Write Tang-style poems with a trained rnnjax model (all logic lives in rnnjax.generation).
+"""Write Tang-style poems with a trained rnnjax model (all logic lives in rnnjax.poetry.generation).
 
     python generate.py --prefix 唧唧复唧唧
     python generate.py --acrostic 深度学习 --form 七言绝句
@@ -10,31 +10,32 @@ from __future__ import annotations
 import json
 import sys
 
-from rnnjax.errors import cli_main
+from rnnjax.poetry.errors import cli_main
 
 
 @cli_main
 def main(argv=None) -> None:
-    from rnnjax import generation as g
-    from rnnjax.forms import FORM_CHOICES
+    from rnnjax.poetry import cli as c
+    from rnnjax.poetry.forms import FORM_CHOICES
+    from rnnjax.poetry.generation import Generator
 
-    p = g.ArgumentParser(description="Write a classical Chinese poem.", allow_abbrev=False)
+    p = c.ArgumentParser(description="Write a classical Chinese poem.", allow_abbrev=False)
     p.add_argument("--prefix", default="", help="the poem begins with this text")
     p.add_argument("--acrostic", default="", help="line k begins with the k-th character (藏头诗)")
     p.add_argument("--style", default="", help="text read first to set the mood; not printed")
-    p.add_argument("--form", default="auto", metavar="FORM", type=g.form_arg,
+    p.add_argument("--form", default="auto", metavar="FORM", type=c.form_arg,
                    help=f"one of {', '.join(FORM_CHOICES)} (default auto)")
     p.add_argument("--rhyme", action="store_true", help="even lines end on one rhyme class (fixed forms)")
-    p.add_argument("--num", type=g.positive_int, default=1, help="how many poems (one batched call)")
+    p.add_argument("--num", type=c.positive_int, default=1, help="how many poems (one batched call)")
     p.add_argument("--json", action="store_true", help="one JSON object per poem, for scripts")
-    g.add_model_args(p)
-    g.add_sampling_args(p)
+    c.add_model_args(p)
+    c.add_sampling_args(p)
     args = p.parse_args(argv)
 
-    model, vocab, _, _ = g.load_model_from_args(args)
-    gen = g.Generator(model, vocab, max_len=args.max_len)
+    model, vocab, _, _ = c.load_model_from_args(args)
+    gen = Generator(model, vocab, max_len=args.max_len)
     request = gen.request(args.prefix, args.acrostic, args.style, args.form, args.rhyme)
-    poems = gen.generate([request] * args.num, g.sampling_from_args(args), seed=args.seed)
+    poems = gen.generate([request] * args.num, c.sampling_from_args(args), seed=args.seed)
     for i, poem in enumerate(poems):
         if args.json:
             print(json.dumps(poem.to_json(), ensure_ascii=False))

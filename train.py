@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rnnjax.errors import cli_main
+from rnnjax.poetry.errors import cli_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 @cli_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from rnnjax.training import train  # after parsing: --help stays instant
+    from rnnjax.poetry.training import train  # after parsing: --help stays instant
 
     kwargs = vars(args)
     progress = not kwargs.pop("no_progress") and None  # None: a bar only on a terminal

@@ -18,7 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from rnnjax.data import MAX_LEN, BucketBatcher, load_npz, prepare_dataset, unpad  # noqa: E402
+from rnnjax.poetry.data import MAX_LEN, BucketBatcher, load_npz, prepare_dataset, unpad  # noqa: E402
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ STEPS = 48  # the tutorial's `for i in range(48)`
 
 
 def make_vocab():
-    from rnnjax.data import EOP, PAD, START, Vocab
+    from rnnjax.poetry.data import EOP, PAD, START, Vocab
 
     # The tutorial's vocabulary size: specials, the two marks, then CJK ideographs (the prefix's among them).
     chars = list(dict.fromkeys([*PREFIX, *(chr(0x4E00 + i) for i in range(V))]))
@@ -82,8 +82,8 @@ def main():
     import torch
     from flax import nnx
 
-    from rnnjax.generation import Generator, Sampling
-    from rnnjax.model import PoetryModel
+    from rnnjax.poetry.generation import Generator, Sampling
+    from rnnjax.poetry.model import PoetryModel
 
     vocab = make_vocab()
     net = tutorial_net()

@@ -54,7 +54,7 @@ fi
 if [ $dry = 1 ]; then
   python - "$out/tiny.npz" <<'EOF'
 import sys
-from rnnjax.data import Vocab, encode_poems, save_npz
+from rnnjax.poetry.data import Vocab, encode_poems, save_npz
 poems = ["床前明月光，疑是地上霜。举头望明月，低头思故乡。", "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。"] * 20
 vocab = Vocab.build(poems)
 save_npz(sys.argv[1], encode_poems(poems, vocab), vocab)

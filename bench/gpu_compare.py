@@ -5,7 +5,7 @@
 
 All three train the tutorial's model (Embedding 128 -> 2-layer LSTM 256 -> Linear V) on the same
 full (124, B) token blocks with Adam and global-norm clipping, so tokens/s compare like for like:
-  * rnnjax      -- our jit train step (rnnjax.training.train_step, lax.scan LSTM)
+  * rnnjax      -- our jit train step (rnnjax.poetry.training.train_step, lax.scan LSTM)
   * torch       -- the tutorial's Net (cuDNN LSTM on a GPU)
   * jax-cudnn   -- jax.experimental.rnn.lstm (cuDNN from JAX); its cuDNN kernel only lowers on a
                    GPU, so on the CPU the same model runs jax.experimental.rnn.lstm_ref instead
@@ -39,8 +39,8 @@ def bench_rnnjax(cfg, tokens):
     import jax
     from flax import nnx
 
-    from rnnjax.model import PoetryModel
-    from rnnjax.training import make_optimizer, train_step
+    from rnnjax.poetry.model import PoetryModel
+    from rnnjax.poetry.training import make_optimizer, train_step
 
     model = PoetryModel(cfg.vocab, cfg.embed, cfg.hidden, cfg.layers, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)

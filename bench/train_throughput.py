@@ -47,7 +47,7 @@ def flops_per_token(e: int, h: int, v: int, layers: int) -> float:
 
 def corpus(args):
     """Real poems (data/tang.npz) when present; otherwise lengths drawn like Tang poems' (24..124)."""
-    from rnnjax.data import Vocab, load_npz, unpad
+    from rnnjax.poetry.data import Vocab, load_npz, unpad
 
     path = Path(args.data)
     if path.exists() and not args.quick:
@@ -69,9 +69,9 @@ def bench_jax(poems, v, pad_id, args):
     import jax
     from flax import nnx
 
-    from rnnjax.data import BucketBatcher
-    from rnnjax.model import PoetryModel
-    from rnnjax.training import TRACES, make_optimizer, train_step
+    from rnnjax.poetry.data import BucketBatcher
+    from rnnjax.poetry.model import PoetryModel
+    from rnnjax.poetry.training import TRACES, make_optimizer, train_step
 
     model = PoetryModel(v, args.embedding_dim, args.hidden_dim, args.num_layers, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)

@@ -1,6 +1,11 @@
-"""rnnjax: PyTorch-exact recurrent layers (RNN, LSTM, GRU) in JAX / Flax NNX."""
-from rnnjax.nn import GRU, LSTM, RNN
-from rnnjax.model import PoetryModel
+"""rnnjax: PyTorch-exact recurrent layers (RNN, LSTM, GRU) in JAX / Flax NNX.
 
-__all__ = ["RNN", "LSTM", "GRU", "PoetryModel"]
+The library is this package minus :mod:`rnnjax.poetry`, the Tang-poetry app built on it. Imports go
+one way: the app imports the library, never the reverse, so ``import rnnjax`` pulls in JAX and Flax
+only (no optax, orbax, OpenCC, matplotlib...).
+"""
+from rnnjax import cells, recurrent
+from rnnjax.nn import GRU, LSTM, RNN
+
+__all__ = ["RNN", "LSTM", "GRU", "cells", "recurrent"]
 __version__ = "0.1.0"

@@ -13,9 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax import cells
-from rnnjax.elman_layer import elman_direction
-from rnnjax.gru_layer import gru_direction
-from rnnjax.lstm_layer import lstm_direction
+from rnnjax.kernels import elman_direction, gru_direction, lstm_direction
 
 MODES = tuple(cells.STEPS)
 

@@ -1,8 +1,8 @@
 """The Tang-poetry data: fetch, clean, encode to ``data/tang.npz``, and batch for training.
 
-``prepare_dataset()`` is what ``python -m rnnjax.data`` and ``train.py`` (when the file is missing)
-call; the cleaning rules are in :mod:`rnnjax.data.corpus`, the file layout and batching in
-:mod:`rnnjax.data.dataset`.
+``prepare_dataset()`` is what ``python -m rnnjax.poetry data`` and ``train.py`` (when the file is missing)
+call; the cleaning rules are in :mod:`rnnjax.poetry.data.corpus`, the file layout and batching in
+:mod:`rnnjax.poetry.data.dataset`.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pathlib
 
 import numpy as np
 
-from rnnjax.data.corpus import DROP_REASONS, load_corpus
-from rnnjax.data.dataset import (
+from rnnjax.poetry.data.corpus import DROP_REASONS, load_corpus
+from rnnjax.poetry.data.dataset import (
     EOP,
     MAX_LEN,
     PAD,
@@ -28,7 +28,7 @@ from rnnjax.data.dataset import (
     train_val_split,
     unpad,
 )
-from rnnjax.errors import UserError
+from rnnjax.poetry.errors import UserError
 
 __all__ = [
     "PAD", "START", "EOP", "MAX_LEN", "Vocab", "Batch", "BucketBatcher", "choose_bucket_lengths",

@@ -21,8 +21,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers
 
-from rnnjax.errors import UserError
-from rnnjax.model import CELLS, PoetryModel
+from rnnjax.poetry.errors import UserError
+from rnnjax.poetry.model import CELLS, PoetryModel
 
 CONFIG_NAME = "config.json"
 REQUIRED_KEYS = (
@@ -114,7 +114,7 @@ def build_model(config: dict, rngs: nnx.Rngs | None = None) -> PoetryModel:
 
 
 def vocab_from_config(config: dict):
-    from rnnjax.data import Vocab
+    from rnnjax.poetry.data import Vocab
 
     return Vocab(list(config["vocab"]))
 

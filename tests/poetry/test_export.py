@@ -1,4 +1,4 @@
-"""python -m rnnjax.export: half precision only when validation perplexity stays within tolerance."""
+"""python -m rnnjax.poetry export: half precision only when validation perplexity stays within tolerance."""
 import subprocess
 import sys
 
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rnnjax.checkpoint import export_model, load_config, load_model
-from rnnjax.data import Vocab, encode_poems, fingerprint, save_npz
-from rnnjax.errors import UserError
-from rnnjax.export import export
-from rnnjax.model import PoetryModel
+from rnnjax.poetry.checkpoint import export_model, load_config, load_model
+from rnnjax.poetry.data import Vocab, encode_poems, fingerprint, save_npz
+from rnnjax.poetry.errors import UserError
+from rnnjax.poetry.export import export
+from rnnjax.poetry.model import PoetryModel
 
 POEMS = ["白日依山尽，黄河入海流。欲穷千里目，更上一层楼。", "红豆生南国，春来发几枝。愿君多采撷，此物最相思。"] * 30
 
@@ -58,6 +58,6 @@ def test_refuses_existing_output_and_missing_data(trained):
     with pytest.raises(UserError, match="not found"):
         export(ckpt, root / "never", root / "missing.npz")
     assert not (root / "never").exists()
-    out = subprocess.run([sys.executable, "-m", "rnnjax.export", "--checkpoint", str(root / "nothing"),
+    out = subprocess.run([sys.executable, "-m", "rnnjax.poetry.export", "--checkpoint", str(root / "nothing"),
                           "--out", str(root / "x")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1

@@ -30,9 +30,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from rnnjax import checkpoint as ckpt
-from rnnjax.errors import UserError
-from rnnjax.model import CELLS, PoetryModel
+from rnnjax.poetry import checkpoint as ckpt
+from rnnjax.poetry.errors import UserError
+from rnnjax.poetry.model import CELLS, PoetryModel
 
 DEFAULT_DATA = "data/tang.npz"
 DEFAULT_PREFIX = "床前明月光"
@@ -102,7 +102,7 @@ def _decode_step(params, rest, token, hx, *, graphdef):
 
 def greedy_sample(graphdef, params, rest, vocab, prefix: str, max_len: int = SAMPLE_MAX_LEN) -> str:
     """The tutorial's `generate`: feed <START> and the prefix, then the most likely next character
-    until <EOP> or `max_len` tokens. The full generator (sampling, acrostics) is rnnjax.generation."""
+    until <EOP> or `max_len` tokens. The full generator (sampling, acrostics) is rnnjax.poetry.generation."""
     forced = [int(i) for i in vocab.encode(prefix)]
     token, hx, out = vocab.start_id, None, list(forced)
     for i in range(max_len):
@@ -230,7 +230,7 @@ def _mismatches(old: dict, new: dict) -> list[str]:
 
 
 def _load_data(data: str, say):
-    from rnnjax.data import fingerprint, load_npz, prepare_dataset
+    from rnnjax.poetry.data import fingerprint, load_npz, prepare_dataset
 
     path = Path(data)
     if not path.exists():
@@ -266,7 +266,7 @@ def train(*, cell: str = "lstm", epochs: int = 20, batch_size: int = 128, lr: fl
             raise UserError(f"--distributed: jax.distributed.initialize() failed: {e}") from None
     t_call = time.monotonic()
 
-    from rnnjax.data import BucketBatcher, train_val_split, unpad
+    from rnnjax.poetry.data import BucketBatcher, train_val_split, unpad
 
     data_path, tokens, vocab, data_fp = _load_data(data, say)
     train_poems, val_poems = train_val_split(unpad(tokens, vocab), val_fraction, seed)

@@ -1,6 +1,6 @@
 """One direction of a GRU layer with a hand-written backward pass.
 
-The same plan as ``lstm_layer``: the forward loop saves only what the backward needs, the backward
+The same plan as ``lstm``: the forward loop saves only what the backward needs, the backward
 loop carries only ``dh`` and emits each step's gate gradients, and every weight gradient is one
 large matmul after the loop. The GRU differs in that ``b_hn`` sits inside the reset gate's product,
 so the input side and the hidden side of the gates get different gradients in the ``n`` block:
@@ -21,7 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rnnjax.lstm_layer import (loop_buffer, previous_outputs, project, sigmoid, step_inputs,
+from rnnjax.kernels.common import (loop_buffer, previous_outputs, project, sigmoid, step_inputs,
                                weight_grad)
 
 
@@ -55,7 +55,7 @@ def gru_direction(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask):
     """A GRU direction over ``x`` ``(T, B, I)``; returns ``(ys, h_n)``.
 
     Gates in torch's order ``r, z, n`` (see ``cells.gru_step``); ``mask`` as in
-    ``lstm_layer.lstm_direction`` (``None``: every step valid).
+    ``lstm.lstm_direction`` (``None``: every step valid).
     """
     return _forward(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask, save=False)
 

@@ -61,7 +61,7 @@ def test_large_logits_do_not_overflow():
 def test_model_nll_sum_equals_cross_entropy_of_logits(cell):
     from flax import nnx
 
-    from rnnjax.model import PoetryModel
+    from rnnjax.poetry.model import PoetryModel
 
     model = PoetryModel(50, 8, 16, 2, cell=cell, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)

@@ -1,6 +1,6 @@
 """One direction of an Elman RNN layer (tanh or ReLU) with a hand-written backward pass.
 
-The same plan as ``lstm_layer``: the forward loop keeps only the outputs, the backward loop carries
+The same plan as ``lstm``: the forward loop keeps only the outputs, the backward loop carries
 only ``dh`` and emits each step's pre-activation gradient ``dz``, and the weight gradients are
 single large matmuls after the loop (autodiff of ``lax.scan`` would accumulate ``dW_hh`` step by
 step and save residuals op by op). Both nonlinearities have derivatives that are functions of their
@@ -17,7 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rnnjax.lstm_layer import loop_buffer, previous_outputs, step_inputs, weight_grad
+from rnnjax.kernels.common import loop_buffer, previous_outputs, step_inputs, weight_grad
 
 ACTIVATIONS = {"RNN_TANH": jnp.tanh, "RNN_RELU": jax.nn.relu}
 
@@ -50,7 +50,7 @@ def elman_direction(mode, reverse, unroll, w_ih, w_hh, b, x, h0, mask):
     """An RNN direction over ``x`` ``(T, B, I)``; returns ``(ys, h_n)``.
 
     ``mode`` is ``"RNN_TANH"`` or ``"RNN_RELU"``, ``b`` is ``b_ih + b_hh``; ``mask`` as in
-    ``lstm_layer.lstm_direction`` (``None``: every step valid).
+    ``lstm.lstm_direction`` (``None``: every step valid).
     """
     return _forward(mode, reverse, unroll, w_ih, w_hh, b, x, h0, mask, save=False)
 
@@ -76,7 +76,7 @@ def _bwd(mode, reverse, unroll, res, cts):
     steps = jnp.arange(x.shape[0])
     xs = (steps, dys, ys) if mask is None else (steps, dys, mask, ys)
     db0 = jnp.zeros(w_hh.shape[0], dh_n.dtype)
-    dz0 = loop_buffer(ys.shape, dys, ys)  # see lstm_layer.loop_buffer
+    dz0 = loop_buffer(ys.shape, dys, ys)  # see common.loop_buffer
     (dh0, db, dz), _ = jax.lax.scan(body, (dh_n, db0, dz0), xs, reverse=not reverse, unroll=unroll)
     h_prev = previous_outputs(reverse, ys, h0) if mask is None else hs
     return weight_grad(x, dz), weight_grad(h_prev, dz), db, dz @ w_ih, dh0, None

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from rnnjax.errors import UserError
+from rnnjax.poetry.errors import UserError
 
 PAD, START, EOP = "</s>", "<START>", "<EOP>"
 SPECIALS = (PAD, START, EOP)
@@ -164,7 +164,7 @@ def load_npz(path, trust_pickle: bool = False) -> tuple[np.ndarray, Vocab]:
     """``(data, vocab)`` from our ``tang.npz`` or, with ``trust_pickle``, the tutorial's one."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file; prepare it with `python -m rnnjax.data`")
+        raise UserError(f"{path}: no such file; prepare it with `python -m rnnjax.poetry data`")
     if not zipfile.is_zipfile(path):  # else np.load would try it as a pickle
         raise UserError(f"{path}: not an .npz archive")
     try:

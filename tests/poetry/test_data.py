@@ -17,9 +17,9 @@ import tarfile
 import numpy as np
 import pytest
 
-import rnnjax.data.corpus as corpus
-import rnnjax.data.dataset as dataset
-from rnnjax.data import (
+import rnnjax.poetry.data.corpus as corpus
+import rnnjax.poetry.data.dataset as dataset
+from rnnjax.poetry.data import (
     EOP,
     MAX_LEN,
     PAD,
@@ -35,9 +35,9 @@ from rnnjax.data import (
     train_val_split,
     unpad,
 )
-from rnnjax.errors import UserError
+from rnnjax.poetry.errors import UserError
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 LONG = "白日依山盡，黃河入海流。" * 13  # 156 characters: cut at 125 tokens
 
 # file name -> poems (traditional script, as the source has them)
@@ -225,7 +225,7 @@ def test_second_run_does_nothing_and_force_rebuilds(npm_folder, tmp_path, capsys
 
     def must_not_read(*a, **k):
         raise AssertionError("the corpus was read again")
-    monkeypatch.setattr("rnnjax.data.load_corpus", must_not_read)
+    monkeypatch.setattr("rnnjax.poetry.data.load_corpus", must_not_read)
     prepare_dataset(out, source=npm_folder)
     assert f"{out} already exists (5 poems); use --force to rebuild" in capsys.readouterr().out
     assert out.stat().st_mtime_ns == before
@@ -473,7 +473,7 @@ def test_given_bucket_lengths_are_used_and_checked():
 
 def _cli(*args, env=None):
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "rnnjax.data", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "rnnjax.poetry.data", *map(str, args)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -497,7 +497,7 @@ def _bad_inputs(tmp_path):
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
-    from rnnjax.data.__main__ import main
+    from rnnjax.poetry.data.__main__ import main
 
     monkeypatch.setenv("RNNJAX_CACHE", str(tmp_path / "empty"))  # no cached tarball there
     monkeypatch.setattr(corpus.shutil, "which", lambda name: None)  # and no npm
@@ -521,7 +521,7 @@ def test_cli_process_exit_status_and_message(tmp_path):
 
 
 def test_cli_builds_then_says_it_is_there(npm_folder, tmp_path, capsys):
-    from rnnjax.data.__main__ import main
+    from rnnjax.poetry.data.__main__ import main
 
     out = tmp_path / "tang.npz"
     first = _cli("--source", npm_folder, "--out", out)

@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 from flax import nnx
 
-from rnnjax import PoetryModel
-from rnnjax.checkpoint import export_model, load_config, load_model, save_config
-from rnnjax.errors import UserError
+from rnnjax.poetry.model import PoetryModel
+from rnnjax.poetry.checkpoint import export_model, load_config, load_model, save_config
+from rnnjax.poetry.errors import UserError
 
 V, E, H = 30, 8, 16
 

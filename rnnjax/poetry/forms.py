@@ -1,7 +1,7 @@
 """Classical forms, rhyme classes and per-token tables for constrained decoding.
 
 Everything here is plain Python / numpy, computed once per vocabulary: the jit-compiled decoding loop
-in `rnnjax.generation` only indexes these tables, so no Python runs per character.
+in `rnnjax.poetry.generation` only indexes these tables, so no Python runs per character.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import unicodedata
 
 import numpy as np
 
-from rnnjax.errors import UserError
+from rnnjax.poetry.errors import UserError
 
 COMMA, PERIOD = "，", "。"
 # Punctuation that closes a line (一句). Fixed forms only ever use `，` and `。`; free form may use all.

@@ -1,4 +1,4 @@
-"""`python -m rnnjax.evaluate`: how good is a checkpoint, in numbers a reader of poems cares about.
+"""`python -m rnnjax.poetry evaluate`: how good is a checkpoint, in numbers a reader of poems cares about.
 
 - validation perplexity on the held-out split of the training data (same split as training);
 - for a fixed set of 20 openings in each form, one batched generation call, then per form:
@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnjax import forms
-from rnnjax import generation as g
-from rnnjax.errors import UserError, cli_main
+from rnnjax.poetry import forms
+from rnnjax.poetry import cli
+from rnnjax.poetry import generation as g
+from rnnjax.poetry.errors import UserError, cli_main
 
 # Common first characters of Tang poems: the prefix set of every form.
 OPENINGS = tuple("春月山风花秋江云雨夜天水白青明孤长落寒日")
@@ -111,11 +112,11 @@ def _nll_sum(graphdef, params, inputs, targets, mask):
 
 def validation_perplexity(model, vocab, config: dict, data_path, batch_size: int = 64) -> tuple[float | None, str]:
     """(perplexity, note) on the validation split training used; (None, why) when it cannot be computed."""
-    from rnnjax.data import BucketBatcher, fingerprint, load_npz, train_val_split, unpad
+    from rnnjax.poetry.data import BucketBatcher, fingerprint, load_npz, train_val_split, unpad
 
     data_path = Path(data_path)
     if not data_path.is_file():
-        return None, f"no validation perplexity: {data_path} not found (python -m rnnjax.data makes it)"
+        return None, f"no validation perplexity: {data_path} not found (python -m rnnjax.poetry data makes it)"
     data, data_vocab = load_npz(data_path)
     if data_vocab != vocab:
         return None, f"no validation perplexity: {data_path} has another vocabulary than the checkpoint"
@@ -147,16 +148,16 @@ def markdown_table(rows: list[dict]) -> str:
 
 @cli_main
 def main(argv=None) -> None:
-    p = g.ArgumentParser(prog="python -m rnnjax.evaluate", description=__doc__.splitlines()[0],
+    p = cli.ArgumentParser(prog="python -m rnnjax.poetry evaluate", description=__doc__.splitlines()[0],
                          allow_abbrev=False)
     p.add_argument("--data", default="data/tang.npz", help="the corpus, for validation perplexity")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of markdown")
-    g.add_model_args(p)
-    g.add_sampling_args(p)
+    cli.add_model_args(p)
+    cli.add_sampling_args(p)
     args = p.parse_args(argv)
 
-    model, vocab, config, ckpt = g.load_model_from_args(args)
-    sampling = g.sampling_from_args(args)
+    model, vocab, config, ckpt = cli.load_model_from_args(args)
+    sampling = cli.sampling_from_args(args)
     ppl, ppl_note = validation_perplexity(model, vocab, config, args.data)
     rows, notes = generation_report(g.Generator(model, vocab, args.max_len), sampling, args.seed)
     settings = ("greedy" if sampling.greedy or sampling.temperature == 0 else

@@ -1,15 +1,15 @@
-"""``python -m rnnjax.data``: prepare ``data/tang.npz`` (see ``--help``)."""
+"""``python -m rnnjax.poetry data``: prepare ``data/tang.npz`` (see ``--help``)."""
 from __future__ import annotations
 
 import argparse
 
-from rnnjax.data import DEFAULT_OUT, import_tutorial, prepare_dataset
-from rnnjax.errors import UserError, cli_main
+from rnnjax.poetry.data import DEFAULT_OUT, import_tutorial, prepare_dataset
+from rnnjax.poetry.errors import UserError, cli_main
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m rnnjax.data",
+        prog="python -m rnnjax.poetry data",
         description="Fetch the Tang poems (npm chinese-poetry@2.0.1, sha512-checked), convert them "
                     "to simplified Chinese, clean them and write the pickle-free tang.npz.")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"file to write (default {DEFAULT_OUT})")

@@ -59,7 +59,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from tqdm import tqdm
 
-from rnnjax.errors import UserError
+from rnnjax.poetry.errors import UserError
 
 NPM_PACKAGE = "chinese-poetry"
 NPM_VERSION = "2.0.1"

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 import train as train_cli
-from rnnjax.checkpoint import load_model
-from rnnjax.data import Vocab, encode_poems, save_npz
-from rnnjax.errors import UserError
-from rnnjax.training import train
+from rnnjax.poetry.checkpoint import load_model
+from rnnjax.poetry.data import Vocab, encode_poems, save_npz
+from rnnjax.poetry.errors import UserError
+from rnnjax.poetry.training import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 POEMS = ["床前明月光，疑是地上霜。举头望明月，低头思故乡。", "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。",
          "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。", "红豆生南国，春来发几枝。愿君多采撷，此物最相思。"]
 TINY = dict(epochs=1000, embedding_dim=8, hidden_dim=16, batch_size=8, sample_every=0, log_every=1, quiet=True,
@@ -156,7 +156,7 @@ def test_sigint_saves_and_rerun_resumes(corpus, tmp_path, capsys):
 
 SCRIPT = """
 import json, sys, jax
-from rnnjax.training import train
+from rnnjax.poetry.training import train
 train(data=sys.argv[1], checkpoint_dir=sys.argv[2], max_steps=3, save_every=0, val_fraction=0.0,
       embedding_dim=8, hidden_dim=16, batch_size=8, sample_every=0, log_every=1, quiet=True, progress=False)
 print(json.dumps({"devices": jax.device_count()}))

@@ -23,15 +23,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-
-def project(x, w_ih, gates):
-    """``x @ W_ih^T`` split by gate: ``gates`` ``(T, B, H)`` arrays (see the module docstring)."""
-    return tuple(x @ w.T for w in jnp.split(w_ih, gates, axis=0))
-
-
-def sigmoid(z):
-    # The same function as jax.nn.sigmoid; XLA:CPU vectorises tanh better than its logistic.
-    return 0.5 * jnp.tanh(0.5 * z) + 0.5
+from rnnjax.kernels.common import (loop_buffer, previous_outputs, project, sigmoid, step_inputs,
+                                    weight_grad)
 
 
 def _gates(gx, hw, b, hidden):
@@ -85,46 +78,6 @@ def _fwd(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask):
     if mask is None:  # h_prev is ys shifted by one step, with h0 first (in scan order)
         acts = [(ys, h0), *acts]
     return (ys, h_n, c_n), (w_ih, w_hh, x, mask, *acts)
-
-
-def weight_grad(inp, dgates):
-    """``dgates^T @ inp`` as ``(inp^T @ dgates)^T``; the barrier keeps XLA from swapping it back."""
-    flat = inp.reshape(-1, inp.shape[-1])
-    dw_t = jax.lax.dot_general(flat, dgates.reshape(-1, dgates.shape[-1]), (((0,), (0,)), ((), ())))
-    return jax.lax.optimization_barrier(dw_t).T
-
-
-def previous_outputs(reverse, ys, h0):
-    """Each step's ``h_prev`` when every step is valid: ``ys`` shifted by one step (in scan order)
-    with ``h0`` first. Shifting the ``(T, B, H)`` outputs is a small copy; slicing ``dgates`` instead
-    would copy ``(T, B, 4H)``."""
-    if reverse:
-        return jnp.concatenate([ys[1:], h0[None]])
-    return jnp.concatenate([h0[None], ys[:-1]])
-
-
-def step_inputs(inp, masked):
-    """A backward step's ``(t, dy, m, rest)`` from its scanned inputs ``(t, dy[, mask], *rest)``;
-    ``m`` is ``(B, 1)``, or a constant ``True`` (folded away by XLA) when nothing is masked."""
-    if masked:
-        t, dy, m, *rest = inp
-        return t, dy, m[:, None], rest
-    t, dy, *rest = inp
-    return t, dy, jnp.ones((1, 1), bool), rest
-
-
-def loop_buffer(shape, *sources):
-    """A ``shape`` array for a backward loop to fill, one step per iteration.
-
-    ``lax.scan`` starts its stacked outputs as zeros. XLA merges the equal zero buffers of all
-    layers into one and copies it before the first loop writes, so two ``(T, B, 4H)`` buffers are
-    live together from the start of the call (the 2-layer benchmark's temp memory: 389 MiB, against
-    264 MiB with this), and every page of it is faulted in again on each call. A buffer broadcast
-    from a value of this layer's own inputs cannot be merged and is made only when they exist;
-    the loop overwrites every element.
-    """
-    seed = sum(a.reshape(-1)[-1] for a in sources)
-    return jnp.broadcast_to(seed, shape)
 
 
 def _bwd(reverse, unroll, res, cts):

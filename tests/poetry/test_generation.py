@@ -19,14 +19,14 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rnnjax import forms
-from rnnjax.data import Vocab
-from rnnjax.errors import UserError
-from rnnjax.evaluate import poem_metrics
-from rnnjax.generation import FREE_LINE_MAX, Generator, Sampling
-from rnnjax.model import PoetryModel
+from rnnjax.poetry import forms
+from rnnjax.poetry.data import Vocab
+from rnnjax.poetry.errors import UserError
+from rnnjax.poetry.evaluate import poem_metrics
+from rnnjax.poetry.generation import FREE_LINE_MAX, Generator, Sampling
+from rnnjax.poetry.model import PoetryModel
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 POEMS = [
     "床前明月光，疑是地上霜。举头望明月，低头思故乡。",
     "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。",
@@ -242,7 +242,7 @@ def test_evaluate_metrics():
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    from rnnjax.checkpoint import export_model
+    from rnnjax.poetry.checkpoint import export_model
 
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
     export_model(out, tiny_model(1, boost=[VOCAB.eop_id]), {"vocab": VOCAB.itos, "data_fingerprint": "",

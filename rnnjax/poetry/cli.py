@@ -1,0 +1,104 @@
+"""Command-line helpers shared by ``generate.py`` and the app's commands: one-line argparse errors,
+the typed flag parsers, and the model / sampling flags with the code that turns them into objects.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rnnjax.poetry import forms
+from rnnjax.poetry.errors import UserError
+from rnnjax.poetry.generation import (CANDIDATES, DEFAULT_CHECKPOINTS, DEFAULT_MAX_LEN, DEFAULT_TEMPERATURE,
+                                      DEFAULT_TOP_P, Sampling, resolve_checkpoint)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (`error: ...`, exit 2) like every other user error."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def _int(s: str) -> int:
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+
+
+def positive_int(s: str) -> int:
+    v = _int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _temperature(s: str) -> float:
+    v = _float(s)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 is greedy), got {s}")
+    return v
+
+
+def _top_k(s: str) -> int:
+    v = _int(s)
+    if not 0 <= v <= CANDIDATES:
+        raise argparse.ArgumentTypeError(f"must be in 0..{CANDIDATES} (0 turns it off), got {v}")
+    return v
+
+
+def _top_p(s: str) -> float:
+    v = _float(s)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s}")
+    return v
+
+
+def _float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+    if v != v:
+        raise argparse.ArgumentTypeError("not a number: nan")
+    return v
+
+
+def form_arg(s: str) -> str:
+    try:
+        forms.parse_form(s)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return s
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="checkpoint or exported model folder "
+                   f"(default: {DEFAULT_CHECKPOINTS[0]} if it exists, else {DEFAULT_CHECKPOINTS[1]})")
+    p.add_argument("--max-len", type=positive_int, default=DEFAULT_MAX_LEN,
+                   help=f"most tokens in a poem, prefix and punctuation included (default {DEFAULT_MAX_LEN})")
+
+
+def load_model_from_args(args):
+    """(model, vocab, config, checkpoint path) for the flags of `add_model_args`; says which on stderr."""
+    from rnnjax.poetry.checkpoint import load_model  # orbax is slow to import; only the CLIs need it
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    model, vocab, config = load_model(ckpt)
+    print(f"checkpoint: {ckpt}", file=sys.stderr)
+    return model, vocab, config, ckpt
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=_temperature, default=DEFAULT_TEMPERATURE,
+                   help=f"softmax temperature: lower is safer, 0 is greedy (default {DEFAULT_TEMPERATURE})")
+    p.add_argument("--top-k", type=_top_k, default=0, help=f"sample among the k likeliest tokens, k <= {CANDIDATES} (default 0: no cut)")
+    p.add_argument("--top-p", type=_top_p, default=DEFAULT_TOP_P,
+                   help="sample among the likeliest tokens that hold this much probability, in (0, 1] "
+                        f"(default {DEFAULT_TOP_P}; 1 turns it off)")
+    p.add_argument("--greedy", action="store_true", help="always the likeliest token (the tutorial's behaviour)")
+    p.add_argument("--seed", type=_int, default=0, help="random seed: the same seed gives the same poems")
+
+
+def sampling_from_args(args) -> Sampling:
+    return Sampling(args.temperature, args.top_k, args.top_p, args.greedy)
