@@ -38,9 +38,9 @@ EOF
 
 # 1. Parity on the device JAX runs on (torch computes the reference on its own device).
 if [ $dry = 1 ]; then
-  step parity python -m pytest -q -x tests/test_layers_api.py tests/test_parity.py -k "shapes or jit or dropout"
+  step parity python -m pytest -q -x tests/layers/test_layers_api.py tests/layers/test_parity.py -k "shapes or jit or dropout"
 else
-  step parity python -m pytest -q tests/test_layers_api.py tests/test_parity.py tests/test_model.py
+  step parity python -m pytest -q tests/layers/test_layers_api.py tests/layers/test_parity.py tests/poetry/test_model.py
 fi
 
 # 2. Training-step throughput, three implementations, same blocks.

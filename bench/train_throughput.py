@@ -47,7 +47,7 @@ def flops_per_token(e: int, h: int, v: int, layers: int) -> float:
 
 def corpus(args):
     """Real poems (data/tang.npz) when present; otherwise lengths drawn like Tang poems' (24..124)."""
-    from rnnjax.poetry.data import Vocab, load_npz, unpad
+    from rnnjax.poetry.data import load_npz, unpad
 
     path = Path(args.data)
     if path.exists() and not args.quick:
@@ -141,9 +141,11 @@ def bench_torch(data, v, pad_id, args):
 
 
 def main():
+    from rnnjax.poetry.config import DEFAULT_DATA
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    p.add_argument("--data", default="data/tang.npz")
+    p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--steps", type=int, default=12, help="timed JAX steps (after compiling)")
     p.add_argument("--torch-steps", type=int, default=6)
     args = p.parse_args()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +19,16 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers
 
+from rnnjax.poetry.config import ModelConfig
 from rnnjax.poetry.errors import UserError
-from rnnjax.poetry.model import CELLS, PoetryModel
+from rnnjax.poetry.files import atomic_write
+from rnnjax.poetry.model import PoetryModel
 
 CONFIG_NAME = "config.json"
-REQUIRED_KEYS = (
-    "cell", "vocab_size", "embedding_dim", "hidden_dim", "num_layers", "dropout", "vocab",
-    "data_fingerprint", "flags",
-)
+# config.json: the ModelConfig fields, flat, beside these (old files have the same layout).
+RECORD_KEYS = ("vocab", "data_fingerprint", "flags")
+# A step folder's orbax items: only this module knows them.
+_PARAMS, _TRAIN, _META = "params", "train", "meta"
 KEEP_LATEST = 3
 _DTYPES = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
 
@@ -50,26 +50,18 @@ logging.getLogger("absl").addFilter(_QuietExpectedWarnings())
 # ---- config.json -----------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder + rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def config_record(model: ModelConfig, vocab, data_fingerprint: str, data_path, flags: dict) -> dict:
+    """What `config.json` holds for a training run: the model, its vocabulary, the data it saw, its flags."""
+    return {**model.to_dict(), "vocab": list(vocab.itos), "data_fingerprint": data_fingerprint,
+            "data_path": str(data_path), "flags": flags}
 
 
 def save_config(ckpt_dir, config: dict) -> None:
     """Write `config.json` atomically (only process 0 writes when several hosts share a folder)."""
     if jax.process_index() != 0:
         return
-    _atomic_write_text(Path(ckpt_dir) / CONFIG_NAME, json.dumps(config, ensure_ascii=False, indent=1) + "\n")
+    text = json.dumps(config, ensure_ascii=False, indent=1) + "\n"
+    atomic_write(Path(ckpt_dir) / CONFIG_NAME, lambda f: f.write(text.encode("utf-8")))
 
 
 def load_config(ckpt_dir) -> dict:
@@ -83,34 +75,17 @@ def load_config(ckpt_dir) -> dict:
         raise UserError(f"{path} is corrupt: {e}") from None
     if not isinstance(config, dict):
         raise UserError(f"{path} is corrupt: expected a JSON object")
-    missing = [k for k in REQUIRED_KEYS if k not in config]
+    try:
+        ModelConfig.from_dict(config)
+    except ValueError as e:
+        raise UserError(f"{path} is corrupt: {e}") from None
+    missing = [k for k in RECORD_KEYS if k not in config]
     if missing:
         raise UserError(f"{path} is corrupt: missing keys {missing}")
-    if config["cell"] not in CELLS:
-        raise UserError(f"{path} is corrupt: unknown cell {config['cell']!r}")
     if not isinstance(config["vocab"], list) or len(config["vocab"]) != config["vocab_size"]:
         raise UserError(f"{path} is corrupt: vocab has {len(config['vocab'])} tokens, vocab_size says "
                         f"{config['vocab_size']}")
     return config
-
-
-def model_config(model: PoetryModel) -> dict:
-    """The config keys that fix the model's shape."""
-    return {
-        "cell": model.cell,
-        "vocab_size": model.vocab_size,
-        "embedding_dim": model.embedding_dim,
-        "hidden_dim": model.hidden_dim,
-        "num_layers": model.num_layers,
-        "dropout": float(model.rnn.config.dropout),
-    }
-
-
-def build_model(config: dict, rngs: nnx.Rngs | None = None) -> PoetryModel:
-    return PoetryModel(
-        config["vocab_size"], config["embedding_dim"], config["hidden_dim"], config["num_layers"],
-        config["cell"], config["dropout"], rngs=rngs or nnx.Rngs(0),
-    )
 
 
 def vocab_from_config(config: dict):
@@ -149,12 +124,46 @@ def open_manager(ckpt_dir, *, read_only: bool = False) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(Path(ckpt_dir).absolute(), options=options)
 
 
-def abstract(tree, dtype=None):
-    """ShapeDtypeStructs (optionally with another dtype) as an orbax restore target."""
+def has_steps(ckpt_dir) -> bool:
+    """Whether `ckpt_dir` holds saved steps (orbax names each step's folder by its number)."""
+    ckpt_dir = Path(ckpt_dir)
+    return ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+
+
+def save_step(manager: ocp.CheckpointManager, step: int, params, opt_state, meta: dict,
+              metrics: dict | None = None) -> None:
+    """Save one training step (params, optimizer state, `meta` as JSON) and wait until it is on disk.
+
+    `metrics` ({"val_loss": ...}) makes the step a candidate for "best"; None keeps it only while recent.
+    """
+    manager.save(step, args=ocp.args.Composite(**{
+        _PARAMS: ocp.args.StandardSave(params),
+        _TRAIN: ocp.args.StandardSave({"opt_state": opt_state}),
+        _META: ocp.args.JsonSave(meta)}), metrics=metrics, force=True)
+    manager.wait_until_finished()
+
+
+def restore_step(manager: ocp.CheckpointManager, step: int, params_like, opt_state_like) -> tuple[Any, Any, dict]:
+    """(params, opt_state, meta) of a saved step, shaped, typed and sharded like the `*_like` trees.
+
+    UserError (one line) when the step cannot be read.
+    """
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(**{
+            _PARAMS: ocp.args.StandardRestore(_abstract(params_like)),
+            _TRAIN: ocp.args.StandardRestore({"opt_state": _abstract(opt_state_like)}),
+            _META: ocp.args.JsonRestore()}))
+    except Exception as e:  # orbax raises assorted types for a damaged step
+        raise UserError(f"cannot resume from {manager.directory} step {step}: {str(e).splitlines()[0]}") from None
+    return restored[_PARAMS], restored[_TRAIN]["opt_state"], restored[_META]
+
+
+def _abstract(tree):
+    """ShapeDtypeStructs as an orbax restore target (on the first local device when `tree` is unsharded)."""
     default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def f(x):
-        return jax.ShapeDtypeStruct(x.shape, dtype or x.dtype, sharding=getattr(x, "sharding", None) or default)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or default)
 
     return jax.tree.map(f, tree)
 
@@ -172,10 +181,10 @@ def export_model(out_dir, model: PoetryModel, config: dict, dtype=None) -> None:
         raise UserError(f"{out_dir} is not empty; export into a new folder")
     params = nnx.state(model, nnx.Param)
     params = jax.tree.map(lambda a: a.astype(_DTYPES[name]), params)
-    config = {**config, **model_config(model), "param_dtype": name, "exported": True}
+    config = {**config, **model.config.to_dict(), "param_dtype": name, "exported": True}
     mngr = open_manager(out_dir)
-    mngr.save(0, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave({"step": 0, "exported": True})))
+    mngr.save(0, args=ocp.args.Composite(**{
+        _PARAMS: ocp.args.StandardSave(params), _META: ocp.args.JsonSave({"step": 0, "exported": True})}))
     mngr.wait_until_finished()
     mngr.close()
     save_config(out_dir, config)
@@ -216,9 +225,10 @@ def load_model(ckpt_dir, step=None):
         step = best if best is not None else latest
     elif step not in steps:
         raise UserError(f"{ckpt_dir} has no step {step}; saved steps: {sorted(steps)}")
-    model = nnx.eval_shape(lambda: build_model(config))
+    model_config = ModelConfig.from_dict(config)
+    model = nnx.eval_shape(lambda: PoetryModel.from_config(model_config, rngs=nnx.Rngs(0)))
     expected = nnx.state(model, nnx.Param)
-    stored = _stored_arrays(ckpt_dir / str(step) / "params")
+    stored = _stored_arrays(ckpt_dir / str(step) / _PARAMS)
     want = {_key(path): tuple(x.shape) for path, x in jax.tree_util.tree_flatten_with_path(expected)[0]}
     have = {k: shape for k, (shape, _) in stored.items()}
     if want != have:
@@ -231,12 +241,12 @@ def load_model(ckpt_dir, step=None):
     target = jax.tree_util.tree_unflatten(flat[1], [
         jax.ShapeDtypeStruct(x.shape, stored[_key(path)][1], sharding=default) for path, x in flat[0]])
     try:
-        restored = ocp.StandardCheckpointer().restore(ckpt_dir.absolute() / str(step) / "params", target)
+        restored = ocp.StandardCheckpointer().restore(ckpt_dir.absolute() / str(step) / _PARAMS, target)
     except Exception as e:  # orbax raises assorted types for a missing or damaged file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot restore step {step} from {ckpt_dir}: {first}") from None
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), restored)
-    model = build_model(config)
+    model = PoetryModel.from_config(model_config, rngs=nnx.Rngs(0))
     nnx.update(model, params)
     model.eval()
     return model, vocab_from_config(config), config

@@ -6,6 +6,7 @@ the recurrent stack is `rnn` whatever the cell, and its torch keys are prefixed 
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import jax
@@ -14,10 +15,9 @@ import numpy as np
 from flax import nnx
 
 import rnnjax.nn as rnn_layers
+from rnnjax import recurrent, torch_compat
 from rnnjax.losses import linear_cross_entropy
-from rnnjax.torch_compat import to_numpy
-
-CELLS = ("lstm", "gru", "rnn")
+from rnnjax.poetry.config import ModelConfig
 
 
 def _torch_linear_bias_init(fan_in: int):
@@ -39,21 +39,21 @@ class PoetryModel(nnx.Module):
     def __init__(
         self,
         vocab_size: int,
-        embedding_dim: int = 128,
-        hidden_dim: int = 256,
-        num_layers: int = 2,
-        cell: str = "lstm",
-        dropout: float = 0.0,
+        embedding_dim: int = ModelConfig.embedding_dim,
+        hidden_dim: int = ModelConfig.hidden_dim,
+        num_layers: int = ModelConfig.num_layers,
+        cell: str = ModelConfig.cell,
+        dropout: float = ModelConfig.dropout,
         *,
         rngs: nnx.Rngs,
     ):
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+        ModelConfig(vocab_size, embedding_dim, hidden_dim, num_layers, cell, dropout)  # checks the cell
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.hidden_dim = hidden_dim
         self.num_layers = num_layers
         self.cell = cell
+        self.dropout = float(dropout)
         # torch.nn.Embedding initialises N(0, 1).
         self.embeddings = nnx.Embed(
             vocab_size, embedding_dim, embedding_init=nnx.initializers.normal(stddev=1.0), rngs=rngs
@@ -69,6 +69,16 @@ class PoetryModel(nnx.Module):
             bias_init=_torch_linear_bias_init(hidden_dim),
             rngs=rngs,
         )
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, *, rngs: nnx.Rngs) -> PoetryModel:
+        return cls(**dataclasses.asdict(config), rngs=rngs)
+
+    @property
+    def config(self) -> ModelConfig:
+        """What rebuilds this model (``PoetryModel.from_config(model.config, rngs=...)``)."""
+        return ModelConfig(self.vocab_size, self.embedding_dim, self.hidden_dim, self.num_layers, self.cell,
+                           self.dropout)
 
     def __call__(self, tokens, hx=None, *, deterministic: bool | None = None, rngs=None):
         """tokens (T,B) or unbatched (T,) int -> (logits (T,B,V) or (T,V), hx as the cell returns it)."""
@@ -98,48 +108,40 @@ class PoetryModel(nnx.Module):
 
     # ---- torch interop -------------------------------------------------------------------------
 
+    def _torch_variables(self) -> dict[str, Any]:
+        """torch key -> this model's variable, in the order of the tutorial's state dict."""
+        rnn = {f"{self.cell}.{k}": getattr(self.rnn, k) for k in recurrent.param_shapes(self.rnn.config)}
+        return {"embeddings.weight": self.embeddings.embedding, **rnn,
+                "linear1.weight": _Transposed(self.linear1.kernel), "linear1.bias": self.linear1.bias}
+
     def torch_state_dict(self) -> dict[str, np.ndarray]:
         """The state dict a torch `Net` with this shape would have (keys, layouts and shapes as torch's)."""
-        sd = {"embeddings.weight": np.asarray(self.embeddings.embedding[...])}
-        for k, v in self.rnn.torch_state_dict().items():
-            sd[f"{self.cell}.{k}"] = np.asarray(v)
-        sd["linear1.weight"] = np.asarray(self.linear1.kernel[...]).T  # torch stores (out, in)
-        sd["linear1.bias"] = np.asarray(self.linear1.bias[...])
-        return sd
+        return torch_compat.state_dict(self._torch_variables())
 
     def load_torch_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a torch state dict (e.g. the tutorial's `Net`) strictly: every key, every shape, or nothing.
 
-        The recurrent keys may be prefixed with the cell name (`lstm.`) or with `rnn.`.
+        The recurrent keys may be prefixed with the cell name (`lstm.`) or with `rnn.`. Errors are
+        `rnnjax.torch_compat.load_state_dict`'s, worded as torch's.
         """
-        expected = self.torch_state_dict()
-        given = {k: to_numpy(v) for k, v in state_dict.items()}
-        # Accept the generic `rnn.` prefix as an alias of the cell's own prefix.
-        if self.cell != "rnn":
-            aliased = {}
-            for k, v in given.items():
-                if k.startswith("rnn."):
-                    new = f"{self.cell}.{k[4:]}"
-                    if new in given:
-                        raise ValueError(f"state dict has both {k!r} and {new!r}")
-                    aliased[new] = v
-                else:
-                    aliased[k] = v
-            given = aliased
-        missing = sorted(set(expected) - set(given))
-        unexpected = sorted(set(given) - set(expected))
-        if missing or unexpected:
-            raise ValueError(f"state dict mismatch: missing keys {missing}, unexpected keys {unexpected}")
-        for k, want in expected.items():
-            if given[k].shape != want.shape:
-                raise ValueError(
-                    f"state dict key {k!r} has shape {tuple(given[k].shape)}, expected {tuple(want.shape)}"
-                )
-        # Validated in full above, so the assignments below cannot leave the model half-loaded.
-        self.embeddings.embedding[...] = jnp.asarray(given["embeddings.weight"], jnp.float32)
-        prefix = f"{self.cell}."
-        self.rnn.load_torch_state_dict(
-            {k[len(prefix):]: v for k, v in given.items() if k.startswith(prefix)}
-        )
-        self.linear1.kernel[...] = jnp.asarray(given["linear1.weight"].T, jnp.float32)
-        self.linear1.bias[...] = jnp.asarray(given["linear1.bias"], jnp.float32)
+        if self.cell != "rnn":  # the generic `rnn.` prefix is an alias of the cell's own
+            renamed = {k: f"{self.cell}.{k[4:]}" for k in state_dict if k.startswith("rnn.")}
+            both = [k for k, new in renamed.items() if new in state_dict]
+            if both:
+                raise ValueError(f"Error(s) in loading state_dict for {type(self).__name__}: both {both[0]!r} "
+                                 f"and {renamed[both[0]]!r} given")
+            state_dict = {renamed.get(k, k): v for k, v in state_dict.items()}
+        torch_compat.load_state_dict(self._torch_variables(), state_dict, owner=type(self).__name__)
+
+
+class _Transposed:
+    """`linear1.kernel` seen as torch's `linear1.weight`: torch stores (out, in), nnx.Linear (in, out)."""
+
+    def __init__(self, variable: nnx.Variable):
+        self.variable = variable
+
+    def get_value(self):
+        return self.variable.get_value().T
+
+    def set_value(self, value) -> None:
+        self.variable.set_value(value.T)

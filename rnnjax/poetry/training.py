@@ -24,18 +24,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from rnnjax.poetry import checkpoint as ckpt
+from rnnjax.poetry.config import TrainConfig
 from rnnjax.poetry.errors import UserError
-from rnnjax.poetry.model import CELLS, PoetryModel
+from rnnjax.poetry.files import atomic_write
+from rnnjax.poetry.model import PoetryModel
 
-DEFAULT_DATA = "data/tang.npz"
-DEFAULT_PREFIX = "床前明月光"
 SAMPLE_MAX_LEN = 48  # the tutorial's generate() stops after 48 tokens
 METRICS_NAME = "metrics.jsonl"
 SAMPLES_NAME = "samples.txt"
@@ -190,32 +189,7 @@ def plot_losses(ckpt_dir) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(ckpt_dir) / PLOT_NAME
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(out)
-    return out
-
-
-def _check_flags(f: dict) -> None:
-    if f["cell"] not in CELLS:
-        raise UserError(f"--cell must be one of {', '.join(CELLS)}, got {f['cell']!r}")
-    for name in ("epochs", "batch_size", "embedding_dim", "hidden_dim", "num_layers"):
-        if not isinstance(f[name], int) or f[name] < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {f[name]!r}")
-    for name in ("lr", "clip"):
-        if not (f[name] > 0 and math.isfinite(f[name])):
-            raise UserError(f"--{name} must be a positive number, got {f[name]!r}")
-    if not 0.0 <= f["dropout"] < 1.0:
-        raise UserError(f"--dropout must be in [0, 1), got {f['dropout']}")
-    if not 0.0 <= f["val_fraction"] < 1.0:
-        raise UserError(f"--val-fraction must be in [0, 1), got {f['val_fraction']}")
-    for name in ("max_steps", "time_budget"):
-        if f[name] is not None and not f[name] > 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {f[name]}")
-    for name in ("eval_every", "save_every", "sample_every", "log_every"):
-        if f[name] < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 0 (0 = off), got {f[name]}")
+    return atomic_write(Path(ckpt_dir) / PLOT_NAME, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
 def _mismatches(old: dict, new: dict) -> list[str]:
@@ -229,246 +203,332 @@ def _mismatches(old: dict, new: dict) -> list[str]:
     return diffs
 
 
-def _load_data(data: str, say):
-    from rnnjax.poetry.data import fingerprint, load_npz, prepare_dataset
+# ---- set-up --------------------------------------------------------------------------------------
 
-    path = Path(data)
+
+def _initialize_distributed() -> None:
+    try:
+        jax.distributed.initialize()
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"--distributed: jax.distributed.initialize() failed: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Data:
+    """The corpus of a run: where it came from, and its training and validation poems."""
+
+    path: Path
+    vocab: object
+    fingerprint: str
+    train: list
+    val: list
+
+
+def _load_data(cfg: TrainConfig, say) -> _Data:
+    from rnnjax.poetry.data import fingerprint, load_npz, prepare_dataset, train_val_split, unpad
+
+    path = Path(cfg.data)
     if not path.exists():
         say(f"{path} not found: preparing it (downloads the chinese-poetry corpus once)")
         prepare_dataset(out=path)
     tokens, vocab = load_npz(path)
-    return path, tokens, vocab, fingerprint(path)
-
-
-# ---- the loop ------------------------------------------------------------------------------------
-
-
-def train(*, cell: str = "lstm", epochs: int = 20, batch_size: int = 128, lr: float = 1e-3,
-          clip: float = 1.0, embedding_dim: int = 128, hidden_dim: int = 256, num_layers: int = 2,
-          dropout: float = 0.0, seed: int = 0, data: str = DEFAULT_DATA, checkpoint_dir=None,
-          max_steps: int | None = None, time_budget: float | None = None, eval_every: int = 0,
-          save_every: int = 500, sample_every: int = 1000, sample_prefix: str = DEFAULT_PREFIX,
-          log_every: int = 10, val_fraction: float = 0.02, distributed: bool = False,
-          progress: bool | None = None, quiet: bool = False) -> TrainResult:
-    """Train (or resume) a PoetryModel; see train.py --help for every argument.
-
-    Running the same call again resumes from the latest checkpoint in `checkpoint_dir`. Stops at
-    `epochs`, at step `max_steps` (a total, so a resumed run stops at the same place), after
-    `time_budget` minutes of this call, or on SIGINT/SIGTERM - always after saving.
-    """
-    flags = {k: v for k, v in locals().items() if k not in ("progress", "quiet")}
-    say = (lambda *_: None) if quiet else (lambda msg: tqdm.write(str(msg)))
-    _check_flags(flags)
-    if distributed:
-        try:
-            jax.distributed.initialize()
-        except (RuntimeError, ValueError) as e:
-            raise UserError(f"--distributed: jax.distributed.initialize() failed: {e}") from None
-    t_call = time.monotonic()
-
-    from rnnjax.poetry.data import BucketBatcher, train_val_split, unpad
-
-    data_path, tokens, vocab, data_fp = _load_data(data, say)
-    train_poems, val_poems = train_val_split(unpad(tokens, vocab), val_fraction, seed)
+    train_poems, val_poems = train_val_split(unpad(tokens, vocab), cfg.val_fraction, cfg.seed)
     if not train_poems:
-        raise UserError(f"{data_path} holds no training poems")
-    if sample_every:
+        raise UserError(f"{path} holds no training poems")
+    if cfg.sample_every:
         try:
-            vocab.encode(sample_prefix)
+            vocab.encode(cfg.sample_prefix)
         except UserError as e:
             raise UserError(f"--sample-prefix: {e}") from None
+    return _Data(path, vocab, fingerprint(path), train_poems, val_poems)
 
-    ckpt_dir = Path(checkpoint_dir or f"checkpoints/{cell}")
-    flags["checkpoint_dir"] = str(ckpt_dir)
-    config = {
-        "cell": cell, "vocab_size": len(vocab), "embedding_dim": embedding_dim, "hidden_dim": hidden_dim,
-        "num_layers": num_layers, "dropout": float(dropout), "vocab": list(vocab.itos),
-        "data_fingerprint": data_fp, "data_path": str(data_path), "flags": flags,
-    }
 
-    # Refuse a folder holding a different model before anything in it is touched.
-    has_steps = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+def _claim_folder(ckpt_dir: Path, record: dict) -> bool:
+    """Refuse a folder holding another run before anything in it is touched; True if there are steps to resume."""
+    has_steps = ckpt.has_steps(ckpt_dir)
     if (ckpt_dir / ckpt.CONFIG_NAME).exists():
-        diffs = _mismatches(ckpt.load_config(ckpt_dir), config)
+        diffs = _mismatches(ckpt.load_config(ckpt_dir), record)
         if diffs and has_steps:
             raise UserError(f"{ckpt_dir} holds a checkpoint of a different run ({'; '.join(diffs)}); "
                             f"use the same flags to resume, or another --checkpoint-dir")
     elif has_steps:
         raise UserError(f"{ckpt_dir} has checkpoint steps but no {ckpt.CONFIG_NAME}; "
                         f"use another --checkpoint-dir")
+    return has_steps
 
-    devices = jax.devices()
-    if batch_size % len(devices):
-        raise UserError(f"--batch-size {batch_size} must be a multiple of the {len(devices)} devices")
-    mesh = Mesh(np.array(devices), ("data",))
-    replicated = NamedSharding(mesh, P())
-    batch_sharding = NamedSharding(mesh, P(None, "data"))
 
-    model = PoetryModel(len(vocab), embedding_dim, hidden_dim, num_layers, cell, dropout,
-                        rngs=nnx.Rngs(seed))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    del model
-    params = jax.device_put(params, replicated)
-    rest = jax.device_put(rest, replicated)
-    opt_state = jax.device_put(make_optimizer(lr, clip).init(params), replicated)
-    base_key = jax.device_put(jax.random.key(seed), replicated)
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+def _val_batches(data: _Data, batcher, cfg: TrainConfig) -> list:
+    """The validation poems in the training buckets (plus one for a longer validation poem)."""
+    from rnnjax.poetry.data import BucketBatcher
 
-    mngr = ckpt.open_manager(ckpt_dir)
-    step, wall_offset, last_saved = 0, 0.0, None
-    if has_steps:
-        latest = mngr.latest_step()
-        try:
-            restored = mngr.restore(latest, args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(ckpt.abstract(params)),
-                train=ocp.args.StandardRestore({"opt_state": ckpt.abstract(opt_state)}),
-                meta=ocp.args.JsonRestore()))
-        except Exception as e:  # orbax raises assorted types for a damaged step
-            raise UserError(f"cannot resume from {ckpt_dir} step {latest}: {str(e).splitlines()[0]}") from None
-        params, opt_state = restored["params"], restored["train"]["opt_state"]
-        step, last_saved = int(restored["meta"]["step"]), latest
-        wall_offset = float(restored["meta"].get("wall_time", 0.0))
-    ckpt.save_config(ckpt_dir, config)
+    if not data.val:
+        return []
+    buckets = batcher.bucket_lengths
+    longest = max(len(p) - 1 for p in data.val)
+    if longest > buckets[-1]:
+        buckets = (*buckets, longest)
+    return BucketBatcher(data.val, cfg.batch_size, cfg.seed, buckets, pad_id=data.vocab.pad_id).epoch(0)
 
-    batcher = BucketBatcher(train_poems, batch_size, seed, pad_id=vocab.pad_id)
-    val_batches = []
-    if val_poems:
-        buckets = batcher.bucket_lengths
-        longest = max(len(p) - 1 for p in val_poems)
-        if longest > buckets[-1]:
-            buckets = (*buckets, longest)
-        val_batches = BucketBatcher(val_poems, batch_size, seed, buckets, pad_id=vocab.pad_id).epoch(0)
-    per_epoch = batcher.num_batches()
-    total = per_epoch * epochs if max_steps is None else min(per_epoch * epochs, max_steps)
-    static = dict(graphdef=graphdef, dropout=bool(dropout and num_layers > 1))
-    hyper = (np.float32(lr), np.float32(clip))
 
-    say(f"{cell} {num_layers}x{hidden_dim}, embedding {embedding_dim}, vocab {len(vocab)}: "
-        f"{n_params:,} parameters on {len(devices)} {devices[0].platform} device(s); "
-        f"{len(train_poems):,} train / {len(val_poems):,} val poems, {per_epoch} batches of {batch_size} "
-        f"per epoch in buckets {batcher.bucket_lengths} ({batcher.padding_fraction():.1%} padding)")
-    if step:
-        say(f"resuming from step {step} (epoch {step // per_epoch + 1}, batch {step % per_epoch}) in {ckpt_dir}")
-    if step >= total:
-        say(f"already at step {step} of {total}: nothing to train")
-        mngr.close()
-        plot_losses(ckpt_dir)
-        return TrainResult(step, "done", checkpoint_dir=str(ckpt_dir))
+class _State:
+    """Parameters, optimizer state and dropout key, replicated over a 1-D mesh of every device; each
+    batch is split over the mesh along its batch axis."""
 
-    def put(array):
-        return jax.make_array_from_callback(array.shape, batch_sharding, lambda idx: array[idx])
+    def __init__(self, cfg: TrainConfig, vocab_size: int):
+        self.devices = jax.devices()
+        if cfg.batch_size % len(self.devices):
+            raise UserError(f"--batch-size {cfg.batch_size} must be a multiple of the {len(self.devices)} devices")
+        mesh = Mesh(np.array(self.devices), ("data",))
+        replicated = NamedSharding(mesh, P())
+        self._batch_sharding = NamedSharding(mesh, P(None, "data"))
+        model = PoetryModel.from_config(cfg.model_config(vocab_size), rngs=nnx.Rngs(cfg.seed))
+        self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        del model
+        self.params = jax.device_put(params, replicated)
+        self.rest = jax.device_put(rest, replicated)
+        self.opt_state = jax.device_put(make_optimizer(cfg.lr, cfg.clip).init(self.params), replicated)
+        self.base_key = jax.device_put(jax.random.key(cfg.seed), replicated)
+        self.n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.params))
+        self._static = dict(graphdef=self.graphdef, dropout=bool(cfg.dropout and cfg.num_layers > 1))
+        self._hyper = (np.float32(cfg.lr), np.float32(cfg.clip))
 
-    def evaluate() -> float | None:
-        if not val_batches:
+    def _put(self, array):
+        return jax.make_array_from_callback(array.shape, self._batch_sharding, lambda idx: array[idx])
+
+    def train_on(self, batch, step: int) -> tuple[float, bool]:
+        """Step number `step` (from 0): (loss, whether the loss and the new parameters are finite)."""
+        self.params, self.opt_state, loss, ok = train_step(
+            self.params, self.opt_state, self.rest, self._put(batch.inputs), self._put(batch.targets),
+            self._put(batch.mask), self.base_key, np.int32(step), *self._hyper, **self._static)
+        return float(loss), bool(ok)
+
+    def val_loss(self, batches) -> float | None:
+        """Mean negative log-likelihood per real token over `batches`; None without batches."""
+        if not batches:
             return None
-        sums = [eval_step(params, rest, put(b.inputs), put(b.targets), put(b.mask), graphdef=graphdef)
-                for b in val_batches]
+        sums = [eval_step(self.params, self.rest, self._put(b.inputs), self._put(b.targets), self._put(b.mask),
+                          graphdef=self.graphdef) for b in batches]
         nll, count = (float(sum(s[i] for s in sums)) for i in (0, 1))
         return nll / max(count, 1.0)
 
-    def save(val_loss=None):
-        nonlocal last_saved
-        if last_saved == step:
-            return
-        meta = {"step": step, "epoch": step // per_epoch, "batch_index": step % per_epoch,
-                "val_loss": val_loss, "wall_time": wall_time()}
-        mngr.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params),
-            train=ocp.args.StandardSave({"opt_state": opt_state}),
-            meta=ocp.args.JsonSave(meta)),
-            metrics=None if val_loss is None else {"val_loss": val_loss}, force=True)
-        mngr.wait_until_finished()
-        last_saved = step
+    def sample(self, vocab, prefix: str) -> str:
+        return greedy_sample(self.graphdef, self.params, self.rest, vocab, prefix)
 
-    def wall_time():
-        return wall_offset + time.monotonic() - t_call
 
-    def sample():
-        text = greedy_sample(graphdef, params, rest, vocab, sample_prefix)
-        _append_line(ckpt_dir / SAMPLES_NAME, f"{step}:{text}")
+@dataclasses.dataclass
+class _Meter:
+    """Loss and real-token throughput, over this call (`run_*`) and since the last metrics line (`win_*`).
+    A step that compiled counts for the loss, not for throughput: compile time is not throughput."""
+
+    run_tokens: int = 0
+    run_time: float = 0.0
+    win_loss: float = 0.0
+    win_steps: int = 0
+    win_tokens: int = 0
+    win_time: float = 0.0
+
+    def add(self, loss: float, tokens: int, seconds: float, compiled: bool) -> None:
+        if not compiled:
+            self.run_tokens, self.run_time = self.run_tokens + tokens, self.run_time + seconds
+            self.win_tokens, self.win_time = self.win_tokens + tokens, self.win_time + seconds
+        self.win_loss, self.win_steps = self.win_loss + loss, self.win_steps + 1
+
+    def rate(self) -> float | None:
+        return self.run_tokens / self.run_time if self.run_time else None
+
+    def take_window(self) -> tuple[float | None, float | None]:
+        """(mean loss, real tokens/s) since the last call, which starts a new window."""
+        loss = self.win_loss / self.win_steps if self.win_steps else None
+        rate = self.win_tokens / self.win_time if self.win_time else None
+        self.win_loss, self.win_tokens, self.win_time, self.win_steps = 0.0, 0, 0.0, 0
+        return loss, rate
+
+
+# ---- the loop ------------------------------------------------------------------------------------
+
+
+class _Run:
+    """One train() call's position and schedule: what happens after each step, and the files it writes."""
+
+    def __init__(self, cfg: TrainConfig, data: _Data, state: _State, manager, say, t_call: float):
+        from rnnjax.poetry.data import BucketBatcher
+
+        self.cfg, self.data, self.state, self.mngr, self.say, self.t_call = cfg, data, state, manager, say, t_call
+        self.ckpt_dir = Path(cfg.checkpoint_dir)
+        self.step, self.last_saved, self.wall_offset = 0, None, 0.0
+        self.batcher = BucketBatcher(data.train, cfg.batch_size, cfg.seed, pad_id=data.vocab.pad_id)
+        self.val_batches = _val_batches(data, self.batcher, cfg)
+        self.per_epoch = self.batcher.num_batches()
+        self.total = self.per_epoch * cfg.epochs if cfg.max_steps is None else \
+            min(self.per_epoch * cfg.epochs, cfg.max_steps)
+        self.deadline = None if cfg.time_budget is None else t_call + 60.0 * cfg.time_budget
+        self.meter = _Meter()
+        self.result = TrainResult(0, "done", checkpoint_dir=str(self.ckpt_dir))
+        self.bar = None
+
+    def restore(self) -> None:
+        """Continue from the latest saved step."""
+        latest = self.mngr.latest_step()
+        s = self.state
+        s.params, s.opt_state, meta = ckpt.restore_step(self.mngr, latest, s.params, s.opt_state)
+        self.step, self.last_saved = int(meta["step"]), latest
+        self.wall_offset = float(meta.get("wall_time", 0.0))
+
+    def announce(self) -> None:
+        cfg, data, devices, b = self.cfg, self.data, self.state.devices, self.batcher
+        self.say(f"{cfg.cell} {cfg.num_layers}x{cfg.hidden_dim}, embedding {cfg.embedding_dim}, vocab "
+                 f"{len(data.vocab)}: {self.state.n_params:,} parameters on {len(devices)} {devices[0].platform} "
+                 f"device(s); {len(data.train):,} train / {len(data.val):,} val poems, {self.per_epoch} batches "
+                 f"of {cfg.batch_size} per epoch in buckets {b.bucket_lengths} ({b.padding_fraction():.1%} padding)")
+        if self.step:
+            self.say(f"resuming from step {self.step} (epoch {self.step // self.per_epoch + 1}, batch "
+                     f"{self.step % self.per_epoch}) in {self.ckpt_dir}")
+
+    def open_bar(self, progress: bool | None) -> None:
+        self.bar = tqdm(total=self.total, initial=self.step, unit="step", dynamic_ncols=True, smoothing=0.1,
+                        disable=(not progress) if progress is not None else None)
+
+    def batches(self):
+        """(epoch, index in the epoch, batch) from the current step to the last, across epochs."""
+        start = self.step
+        for step in range(start, self.total):
+            epoch, index = divmod(step, self.per_epoch)
+            if step == start or index == 0:
+                epoch_batches = self.batcher.epoch(epoch)
+            yield epoch, index, epoch_batches[index]
+
+    def train_on(self, epoch: int, batch) -> None:
+        """One step; UserError, before anything is saved, when the loss or the parameters stop being finite."""
+        traces, t0 = TRACES["train"], time.perf_counter()
+        loss, ok = self.state.train_on(batch, self.step)
+        seconds = time.perf_counter() - t0
+        self.step += 1
+        if not ok:
+            kept = f"the last good checkpoint is step {self.last_saved}" if self.last_saved is not None \
+                else "no checkpoint was saved"
+            what = "loss" if not math.isfinite(loss) else "parameters after the update"
+            raise UserError(f"non-finite {what} (loss {loss}) at step {self.step}: stopped without "
+                            f"saving, {kept}; try a smaller --lr or --clip")
+        self.meter.add(loss, int(batch.mask.sum()), seconds, compiled=TRACES["train"] != traces)
+        rate = self.meter.rate()
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}" if rate else "-", epoch=epoch + 1)
+
+    def check_stop(self, stop: _StopRequest) -> None:
+        if stop.signum is not None:
+            self.result.stopped, self.result.signum = "signal", stop.signum
+        elif self.deadline is not None and time.monotonic() >= self.deadline:
+            self.result.stopped = "time_budget"
+
+    def after_step(self, epoch: int, index: int) -> bool:
+        """The schedule: validate, log, sample, save. True when this was the last step of the call."""
+        cfg, stopped = self.cfg, self.result.stopped
+        finishing = self.step >= self.total or stopped != "done"
+        due = lambda every: bool(every) and self.step % every == 0  # noqa: E731
+        val_loss = None
+        if index == self.per_epoch - 1 or due(cfg.eval_every) or (finishing and stopped != "signal"):
+            val_loss = self.evaluate(epoch)
+        if val_loss is not None or finishing or due(cfg.log_every):
+            self.log(epoch, index, val_loss)
+        if cfg.sample_every and (due(cfg.sample_every) or (finishing and stopped == "done")):
+            self.say(f"sample at step {self.step}: {self.sample()}")
+        if val_loss is not None or finishing or due(cfg.save_every):
+            self.save(val_loss)
+        return finishing
+
+    def evaluate(self, epoch: int) -> float | None:
+        val_loss = self.state.val_loss(self.val_batches)
+        if val_loss is not None:
+            self.result.val_loss = val_loss
+            self.say(f"step {self.step} (epoch {epoch + 1}): val loss {val_loss:.4f}, "
+                     f"perplexity {math.exp(min(val_loss, 700)):.2f}")
+        return val_loss
+
+    def log(self, epoch: int, index: int, val_loss: float | None) -> None:
+        loss, rate = self.meter.take_window()
+        _append_line(self.ckpt_dir / METRICS_NAME, json.dumps({
+            "step": self.step, "epoch": epoch + (index + 1) / self.per_epoch, "loss": loss, "val_loss": val_loss,
+            "val_ppl": math.exp(min(val_loss, 700)) if val_loss is not None else None,
+            "tokens_per_s": rate, "wall_time": round(self.wall_time(), 3)}))
+        if self.bar.disable and self.cfg.log_every and self.step % self.cfg.log_every == 0:
+            self.say(f"step {self.step}/{self.total}: loss {loss:.4f}, {rate or 0:,.0f} tokens/s")
+
+    def sample(self) -> str:
+        text = self.state.sample(self.data.vocab, self.cfg.sample_prefix)
+        _append_line(self.ckpt_dir / SAMPLES_NAME, f"{self.step}:{text}")
         return text
 
-    deadline = None if time_budget is None else t_call + 60.0 * time_budget
-    run_tokens, run_time = 0, 0.0                # steps that did not compile, for tokens/s
-    win_loss, win_tokens, win_time, win_steps = 0.0, 0, 0.0, 0
-    result = TrainResult(step, "done", checkpoint_dir=str(ckpt_dir))
-    bar = tqdm(total=total, initial=step, disable=(not progress) if progress is not None else None,
-               unit="step", dynamic_ncols=True, smoothing=0.1)
+    def save(self, val_loss: float | None) -> None:
+        if self.last_saved == self.step:
+            return
+        meta = {"step": self.step, "epoch": self.step // self.per_epoch, "batch_index": self.step % self.per_epoch,
+                "val_loss": val_loss, "wall_time": self.wall_time()}
+        ckpt.save_step(self.mngr, self.step, self.state.params, self.state.opt_state, meta,
+                       None if val_loss is None else {"val_loss": val_loss})
+        self.last_saved = self.step
+
+    def wall_time(self) -> float:
+        """Seconds of training in this folder, earlier runs included."""
+        return self.wall_offset + time.monotonic() - self.t_call
+
+    def finish(self, traces_at_start: dict) -> TrainResult:
+        result = self.result
+        result.step = self.step
+        result.tokens_per_s = self.meter.rate()
+        result.compiles = {k: TRACES[k] - traces_at_start.get(k, 0) for k in ("train", "eval", "decode")}
+        plot_losses(self.ckpt_dir)
+        how = {"done": "finished", "time_budget": "time budget reached",
+               "signal": f"stopped by {signal.Signals(result.signum).name}" if result.signum else ""}[result.stopped]
+        self.say(f"{how} at step {self.step}; checkpoint in {self.ckpt_dir}"
+                 + (f"; {result.tokens_per_s:,.0f} real tokens/s" if result.tokens_per_s else "")
+                 + f"; compiles: train {result.compiles['train']} (bucket lengths {len(self.batcher.bucket_lengths)}), "
+                   f"eval {result.compiles['eval']}, sample {result.compiles['decode']}"
+                 + ("; rerun the same command to resume" if result.stopped != "done" else ""))
+        return result
+
+
+def train(config: TrainConfig | None = None, /, *, progress: bool | None = None, quiet: bool = False,
+          **flags) -> TrainResult:
+    """Train (or resume) a PoetryModel: ``train(TrainConfig(cell="gru"))``, or ``train(cell="gru")``.
+
+    `flags` replace fields of `config` (TrainConfig's defaults when None); TrainConfig documents each.
+    Running the same call again resumes from the latest checkpoint in `checkpoint_dir`. Stops at
+    `epochs`, at step `max_steps` (a total, so a resumed run stops at the same place), after
+    `time_budget` minutes of this call, or on SIGINT/SIGTERM - always after saving. `progress`: a
+    tqdm bar (None: only on a terminal); `quiet`: no messages.
+    """
+    cfg = dataclasses.replace(config or TrainConfig(), **flags)  # TrainConfig checks every flag
+    say = (lambda *_: None) if quiet else (lambda msg: tqdm.write(str(msg)))
+    if cfg.distributed:
+        _initialize_distributed()
+    t_call = time.monotonic()
+    data = _load_data(cfg, say)
+    ckpt_dir = Path(cfg.checkpoint_dir or f"checkpoints/{cfg.cell}")
+    cfg = dataclasses.replace(cfg, checkpoint_dir=str(ckpt_dir))
+    record = ckpt.config_record(cfg.model_config(len(data.vocab)), data.vocab, data.fingerprint, data.path,
+                                dataclasses.asdict(cfg))
+    resume = _claim_folder(ckpt_dir, record)
+    run = _Run(cfg, data, _State(cfg, len(data.vocab)), ckpt.open_manager(ckpt_dir), say, t_call)
+    if resume:
+        run.restore()
+    ckpt.save_config(ckpt_dir, record)
+    run.announce()
+    if run.step >= run.total:
+        say(f"already at step {run.step} of {run.total}: nothing to train")
+        run.mngr.close()
+        plot_losses(ckpt_dir)
+        return TrainResult(run.step, "done", checkpoint_dir=str(ckpt_dir))
+
+    run.open_bar(progress)
     traces_at_start = dict(TRACES)
     try:
         with _StopRequest(say) as stop:
-            while result.stopped == "done" and step < total:
-                epoch, first = divmod(step, per_epoch)
-                for index, batch in enumerate(batcher.epoch(epoch)[first:], start=first):
-                    traces = TRACES["train"]
-                    t0 = time.perf_counter()
-                    params, opt_state, loss, ok = train_step(
-                        params, opt_state, rest, put(batch.inputs), put(batch.targets), put(batch.mask),
-                        base_key, np.int32(step), *hyper, **static)
-                    loss, ok = float(loss), bool(ok)
-                    dt = time.perf_counter() - t0
-                    step += 1
-                    if not ok:
-                        kept = f"the last good checkpoint is step {last_saved}" if last_saved is not None \
-                            else "no checkpoint was saved"
-                        what = "loss" if not math.isfinite(loss) else "parameters after the update"
-                        raise UserError(f"non-finite {what} (loss {loss}) at step {step}: stopped without "
-                                        f"saving, {kept}; try a smaller --lr or --clip")
-                    real = int(batch.mask.sum())
-                    if TRACES["train"] == traces:  # compile time is not throughput
-                        run_tokens, run_time = run_tokens + real, run_time + dt
-                        win_tokens, win_time = win_tokens + real, win_time + dt
-                    win_loss, win_steps = win_loss + loss, win_steps + 1
-                    rate = run_tokens / run_time if run_time else None
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}" if rate else "-", epoch=epoch + 1)
-
-                    epoch_end = index == per_epoch - 1
-                    if stop.signum is not None:
-                        result.stopped, result.signum = "signal", stop.signum
-                    elif deadline is not None and time.monotonic() >= deadline:
-                        result.stopped = "time_budget"
-                    finishing = step >= total or result.stopped != "done"
-                    val_loss = None
-                    if epoch_end or (eval_every and step % eval_every == 0) or \
-                            (finishing and result.stopped != "signal"):
-                        val_loss = evaluate()
-                        if val_loss is not None:
-                            result.val_loss = val_loss
-                            say(f"step {step} (epoch {epoch + 1}): val loss {val_loss:.4f}, "
-                                f"perplexity {math.exp(min(val_loss, 700)):.2f}")
-                    if val_loss is not None or finishing or (log_every and step % log_every == 0):
-                        window_rate = win_tokens / win_time if win_time else None
-                        _append_line(ckpt_dir / METRICS_NAME, json.dumps({
-                            "step": step, "epoch": epoch + (index + 1) / per_epoch,
-                            "loss": win_loss / win_steps if win_steps else None, "val_loss": val_loss,
-                            "val_ppl": math.exp(min(val_loss, 700)) if val_loss is not None else None,
-                            "tokens_per_s": window_rate, "wall_time": round(wall_time(), 3)}))
-                        if bar.disable and not quiet and log_every and step % log_every == 0:
-                            say(f"step {step}/{total}: loss {win_loss / max(win_steps, 1):.4f}, "
-                                f"{window_rate or 0:,.0f} tokens/s")
-                        win_loss, win_tokens, win_time, win_steps = 0.0, 0, 0.0, 0
-                    if sample_every and (step % sample_every == 0 or (finishing and result.stopped == "done")):
-                        say(f"sample at step {step}: {sample()}")
-                    if val_loss is not None or finishing or (save_every and step % save_every == 0):
-                        save(val_loss)
-                    if finishing:
-                        break
-                if step >= total:
+            for epoch, index, batch in run.batches():
+                run.train_on(epoch, batch)
+                run.check_stop(stop)
+                if run.after_step(epoch, index):
                     break
     finally:
-        bar.close()
-        mngr.close()
-
-    result.step = step
-    result.tokens_per_s = run_tokens / run_time if run_time else None
-    result.compiles = {k: TRACES[k] - traces_at_start.get(k, 0) for k in ("train", "eval", "decode")}
-    plot_losses(ckpt_dir)
-    how = {"done": "finished", "time_budget": "time budget reached",
-           "signal": f"stopped by {signal.Signals(result.signum).name}" if result.signum else ""}[result.stopped]
-    say(f"{how} at step {step}; checkpoint in {ckpt_dir}"
-        + (f"; {result.tokens_per_s:,.0f} real tokens/s" if result.tokens_per_s else "")
-        + f"; compiles: train {result.compiles['train']} (bucket lengths {len(batcher.bucket_lengths)}), "
-          f"eval {result.compiles['eval']}, sample {result.compiles['decode']}"
-        + ("; rerun the same command to resume" if result.stopped != "done" else ""))
-    return result
+        run.bar.close()
+        run.mngr.close()
+    return run.finish(traces_at_start)

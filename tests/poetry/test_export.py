@@ -4,28 +4,16 @@ import sys
 
 import numpy as np
 import pytest
-from flax import nnx
 
-from rnnjax.poetry.checkpoint import export_model, load_config, load_model
-from rnnjax.poetry.data import Vocab, encode_poems, fingerprint, save_npz
+from rnnjax.poetry.checkpoint import load_config, load_model
 from rnnjax.poetry.errors import UserError
 from rnnjax.poetry.export import export
-from rnnjax.poetry.model import PoetryModel
-
-POEMS = ["白日依山尽，黄河入海流。欲穷千里目，更上一层楼。", "红豆生南国，春来发几枝。愿君多采撷，此物最相思。"] * 30
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    vocab = Vocab.build(POEMS)
-    data = root / "tiny.npz"
-    save_npz(data, encode_poems(POEMS, vocab), vocab)
-    model = PoetryModel(len(vocab), 8, 16, 2, rngs=nnx.Rngs(0))
-    ckpt = root / "ckpt"
-    export_model(ckpt, model, {"vocab": vocab.itos, "data_fingerprint": fingerprint(data),
-                               "flags": {"seed": 0, "val_fraction": 0.1}})
-    return root, ckpt, data
+def trained(tiny_checkpoint, tiny_corpus, tmp_path_factory):
+    """(a folder for the outputs, the training folder of conftest's tiny run, its corpus)."""
+    return tmp_path_factory.mktemp("export"), tiny_checkpoint, tiny_corpus
 
 
 def test_keeps_float16_when_quality_holds(trained):

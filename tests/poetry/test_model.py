@@ -1,5 +1,7 @@
 """PoetryModel against the tutorial's torch `Net`, and the checkpoint API (export_model / load_model)."""
 import json
+import os
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -8,9 +10,12 @@ import torch
 import torch.nn as nn
 from flax import nnx
 
-from rnnjax.poetry.model import PoetryModel
 from rnnjax.poetry.checkpoint import export_model, load_config, load_model, save_config
+from rnnjax.poetry.config import ModelConfig
 from rnnjax.poetry.errors import UserError
+from rnnjax.poetry.model import PoetryModel
+
+REPO = Path(__file__).resolve().parents[2]
 
 V, E, H = 30, 8, 16
 
@@ -109,19 +114,72 @@ def test_strict_load_names_the_problem_and_changes_nothing():
 
     missing = dict(good)
     del missing["lstm.bias_hh_l1"]
-    with pytest.raises(ValueError, match="lstm.bias_hh_l1"):
+    # The wording is rnnjax.torch_compat's (torch's own), the same as for the bare layers.
+    with pytest.raises(ValueError, match=r"^Error\(s\) in loading state_dict for PoetryModel: "
+                                         r"missing key\(s\) \['lstm.bias_hh_l1'\]$"):
         model.load_torch_state_dict(missing)
-    with pytest.raises(ValueError, match="extra"):
+    with pytest.raises(ValueError, match=r"unexpected key\(s\) \['extra'\]"):
         model.load_torch_state_dict({**good, "extra": torch.zeros(1)})
     bad_shape = {**good, "linear1.weight": torch.zeros(V, H + 1)}
-    with pytest.raises(ValueError, match=r"linear1.weight.*\(30, 17\).*\(30, 16\)"):
+    with pytest.raises(ValueError, match=r"size mismatch for linear1.weight: copying a param with shape \(30, 17\) "
+                                         r"from checkpoint, the shape in current model is \(30, 16\)"):
         model.load_torch_state_dict(bad_shape)
     bad_inner = {**good, "lstm.weight_hh_l1": torch.zeros(4 * H, H + 2)}  # caught before anything is set
-    with pytest.raises(ValueError, match="weight_hh_l1"):
+    with pytest.raises(ValueError, match="size mismatch for lstm.weight_hh_l1"):
         model.load_torch_state_dict(bad_inner)
+    with pytest.raises(ValueError, match="both 'rnn.weight_ih_l0' and 'lstm.weight_ih_l0'"):
+        model.load_torch_state_dict({**good, "rnn.weight_ih_l0": good["lstm.weight_ih_l0"]})
     after = model.torch_state_dict()
     for k in before:
         np.testing.assert_array_equal(before[k], after[k])
+
+
+def test_rnn_prefix_is_an_alias_of_the_cells():
+    good = Net(V, E, H).state_dict()
+    model = PoetryModel(V, E, H, rngs=nnx.Rngs(0))
+    model.load_torch_state_dict({k.replace("lstm.", "rnn.", 1): v for k, v in good.items()})
+    np.testing.assert_array_equal(model.torch_state_dict()["lstm.weight_hh_l1"], good["lstm.weight_hh_l1"].numpy())
+
+
+def test_model_config_builds_and_describes_the_model():
+    config = ModelConfig(V, E, H, num_layers=3, cell="gru", dropout=0.25)
+    model = PoetryModel.from_config(config, rngs=nnx.Rngs(0))
+    assert model.config == config and model.cell == "gru" and model.rnn.config.num_layers == 3
+    assert PoetryModel(V, rngs=nnx.Rngs(0)).config == ModelConfig(V)  # one set of defaults
+    assert ModelConfig.from_dict({**config.to_dict(), "vocab": []}) == config
+    with pytest.raises(ValueError, match="missing keys \\['cell'\\]"):
+        ModelConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "cell"})
+    with pytest.raises(ValueError, match="cell must be one of lstm, gru, rnn, got 'lstn'"):
+        PoetryModel(V, cell="lstn", rngs=nnx.Rngs(0))
+
+
+# config.json as written before ModelConfig existed (a tiny vocabulary; the layout of pretrained/tang-lstm's).
+OLD_CONFIG = """{
+ "cell": "lstm", "vocab_size": 5, "embedding_dim": 4, "hidden_dim": 6, "num_layers": 2, "dropout": 0.0,
+ "vocab": ["</s>", "<START>", "<EOP>", "月", "光"],
+ "data_fingerprint": "e78f297645b9c795fbe0f96ada9ec771db277d0b1a3a9c3375ab8c0ab50ad959", "data_path": "data/tang.npz",
+ "flags": {"cell": "lstm", "epochs": 20, "batch_size": 128, "lr": 0.003, "clip": 1.0, "embedding_dim": 4,
+           "hidden_dim": 6, "num_layers": 2, "dropout": 0.0, "seed": 0, "data": "data/tang.npz",
+           "checkpoint_dir": "checkpoints/lstm", "max_steps": null, "time_budget": 62.0, "eval_every": 215,
+           "save_every": 500, "sample_every": 430, "sample_prefix": "床前明月光", "log_every": 10,
+           "val_fraction": 0.02, "distributed": false},
+ "param_dtype": "float16", "exported": true
+}
+"""
+
+
+def test_config_json_written_before_the_change_still_loads(tmp_path):
+    model = PoetryModel(5, 4, 6, rngs=nnx.Rngs(0))
+    export_model(tmp_path / "m", model, {"vocab": [], "data_fingerprint": "", "flags": {}}, dtype="float16")
+    (tmp_path / "m" / "config.json").write_text(OLD_CONFIG, encoding="utf-8")
+    loaded, vocab, config = load_model(tmp_path / "m")
+    assert loaded.config == ModelConfig(5, 4, 6, 2, "lstm", 0.0) and vocab.itos[3:] == ["月", "光"]
+    assert config["flags"]["lr"] == 0.003
+
+
+def test_shipped_model_loads():
+    model, vocab, config = load_model(REPO / "pretrained" / "tang-lstm")
+    assert model.config == ModelConfig(8711, 128, 256, 2, "lstm", 0.0) and len(vocab) == 8711
 
 
 def _config(vocab_size=V):
@@ -152,6 +210,9 @@ def test_load_model_errors(tmp_path):
               "num_layers": 2, "dropout": 0.0}
     save_config(tmp_path, config)
     assert json.loads((tmp_path / "config.json").read_text())["hidden_dim"] == H
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "config.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
     with pytest.raises(UserError, match="no saved checkpoint"):
         load_model(tmp_path)
     # A config that does not match the stored parameters is a UserError, not a traceback.

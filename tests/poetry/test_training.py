@@ -13,24 +13,14 @@ import pytest
 
 import train as train_cli
 from rnnjax.poetry.checkpoint import load_model
-from rnnjax.poetry.data import Vocab, encode_poems, save_npz
+from rnnjax.poetry.cli import config_from_args
+from rnnjax.poetry.config import TrainConfig
 from rnnjax.poetry.errors import UserError
 from rnnjax.poetry.training import train
 
 ROOT = Path(__file__).resolve().parents[2]
-POEMS = ["床前明月光，疑是地上霜。举头望明月，低头思故乡。", "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。",
-         "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。", "红豆生南国，春来发几枝。愿君多采撷，此物最相思。"]
 TINY = dict(epochs=1000, embedding_dim=8, hidden_dim=16, batch_size=8, sample_every=0, log_every=1, quiet=True,
             progress=False)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """40 poems (4 distinct, repeated): 39 train + 1 val, one bucket, 5 batches of 8 per epoch."""
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    vocab = Vocab.build(POEMS)
-    save_npz(path, encode_poems(POEMS * 10, vocab), vocab)
-    return str(path)
 
 
 def _metrics(ckpt_dir):
@@ -47,8 +37,8 @@ def _tree_digest(folder):
             for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
-def test_memorises_a_small_corpus(corpus, tmp_path):
-    result = train(data=corpus, checkpoint_dir=tmp_path, lr=2e-2, max_steps=150, val_fraction=0.0,
+def test_memorises_a_small_corpus(tiny_corpus, tmp_path):
+    result = train(data=tiny_corpus, checkpoint_dir=tmp_path, lr=2e-2, max_steps=150, val_fraction=0.0,
                    save_every=0, sample_prefix="白日", **{**TINY, "sample_every": 150})
     losses = [m["loss"] for m in _metrics(tmp_path)]
     assert len(losses) == 150 and result.step == 150
@@ -62,9 +52,9 @@ def test_memorises_a_small_corpus(corpus, tmp_path):
     assert (tmp_path / "loss.png").stat().st_size > 1000
 
 
-def test_resume_is_exact_and_checkpoint_round_trips(corpus, tmp_path):
+def test_resume_is_exact_and_checkpoint_round_trips(tiny_corpus, tmp_path):
     # Dropout on, so the per-step random key has to resume too; 3 -> 6 crosses an epoch boundary.
-    kw = dict(TINY, data=corpus, dropout=0.3, lr=1e-2, save_every=0)
+    kw = dict(TINY, data=tiny_corpus, dropout=0.3, lr=1e-2, save_every=0)
     straight = train(checkpoint_dir=tmp_path / "a", max_steps=6, **kw)
     first = train(checkpoint_dir=tmp_path / "b", max_steps=3, **kw)
     assert first.step == 3
@@ -79,8 +69,8 @@ def test_resume_is_exact_and_checkpoint_round_trips(corpus, tmp_path):
 
 
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
-def test_other_cells_train(corpus, tmp_path, cell):
-    result = train(data=corpus, checkpoint_dir=tmp_path, cell=cell, lr=2e-2, max_steps=25,
+def test_other_cells_train(tiny_corpus, tmp_path, cell):
+    result = train(data=tiny_corpus, checkpoint_dir=tmp_path, cell=cell, lr=2e-2, max_steps=25,
                    val_fraction=0.0, save_every=0, **TINY)
     losses = [m["loss"] for m in _metrics(tmp_path)]
     assert result.step == 25 and np.mean(losses[-3:]) < 0.8 * losses[0]
@@ -88,19 +78,19 @@ def test_other_cells_train(corpus, tmp_path, cell):
     assert config["cell"] == cell and model.cell == cell
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_corpus, tmp_path):
     # lr 1e38: the first update is finite but enormous (~1e38), the next loss overflows.
     with pytest.raises(UserError, match=r"non-finite loss \(loss nan\) at step 2: .* last good checkpoint is step 1"):
-        train(data=corpus, checkpoint_dir=tmp_path, lr=1e38, max_steps=10, save_every=1, **TINY)
+        train(data=tiny_corpus, checkpoint_dir=tmp_path, lr=1e38, max_steps=10, save_every=1, **TINY)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["1"]
 
 
-def test_mismatched_checkpoint_is_refused_untouched(corpus, tmp_path, capsys):
-    train(data=corpus, checkpoint_dir=tmp_path, max_steps=2, save_every=0, **TINY)
+def test_mismatched_checkpoint_is_refused_untouched(tiny_corpus, tmp_path, capsys):
+    train(data=tiny_corpus, checkpoint_dir=tmp_path, max_steps=2, save_every=0, **TINY)
     before = _tree_digest(tmp_path)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        train_cli.main(["--data", corpus, "--checkpoint-dir", str(tmp_path), "--embedding-dim", "8",
+        train_cli.main(["--data", tiny_corpus, "--checkpoint-dir", str(tmp_path), "--embedding-dim", "8",
                         "--hidden-dim", "32", "--batch-size", "8", "--max-steps", "4", "--no-progress"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
@@ -119,14 +109,25 @@ def test_help_lists_every_flag(capsys):
         assert flag in out, flag
 
 
+def test_flags_and_defaults_come_from_train_config():
+    assert config_from_args(TrainConfig, train_cli.parse_args([])) == TrainConfig()
+    args = train_cli.parse_args(["--cell", "gru", "--max-steps", "7", "--time-budget", "1.5", "--distributed"])
+    assert config_from_args(TrainConfig, args) == TrainConfig(cell="gru", max_steps=7, time_budget=1.5,
+                                                              distributed=True)
+    with pytest.raises(UserError, match=r"^--batch-size must be a positive integer, got 0$"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(UserError, match=r"^--val-fraction must be in \[0, 1\), got 1.0$"):
+        train(TrainConfig(), val_fraction=1.0)
+
+
 def _env(devices=None):
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}" if devices else ""
     return env
 
 
-def test_sigint_saves_and_rerun_resumes(corpus, tmp_path, capsys):
-    cmd = [sys.executable, str(ROOT / "train.py"), "--data", corpus, "--checkpoint-dir", str(tmp_path),
+def test_sigint_saves_and_rerun_resumes(tiny_corpus, tmp_path, capsys):
+    cmd = [sys.executable, str(ROOT / "train.py"), "--data", tiny_corpus, "--checkpoint-dir", str(tmp_path),
            "--embedding-dim", "8", "--hidden-dim", "16", "--batch-size", "8", "--max-steps", "1000000",
            "--save-every", "0", "--sample-every", "0", "--log-every", "1", "--val-fraction", "0"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -148,7 +149,7 @@ def test_sigint_saves_and_rerun_resumes(corpus, tmp_path, capsys):
     saved = [int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()]
     assert len(saved) == 1 and saved[0] >= 3, output
     capsys.readouterr()
-    result = train(data=corpus, checkpoint_dir=tmp_path, max_steps=saved[0] + 2, val_fraction=0.0,
+    result = train(data=tiny_corpus, checkpoint_dir=tmp_path, max_steps=saved[0] + 2, val_fraction=0.0,
                    save_every=0, **{**TINY, "quiet": False})
     assert f"resuming from step {saved[0]}" in capsys.readouterr().out
     assert result.step == saved[0] + 2
@@ -163,12 +164,12 @@ print(json.dumps({"devices": jax.device_count()}))
 """
 
 
-def test_two_devices_match_one(corpus, tmp_path):
-    run = subprocess.run([sys.executable, "-c", SCRIPT, corpus, str(tmp_path / "two")], cwd=ROOT,
+def test_two_devices_match_one(tiny_corpus, tmp_path):
+    run = subprocess.run([sys.executable, "-c", SCRIPT, tiny_corpus, str(tmp_path / "two")], cwd=ROOT,
                          env=_env(devices=2), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.splitlines()[-1]) == {"devices": 2}
-    train(data=corpus, checkpoint_dir=tmp_path / "one", max_steps=3, save_every=0, val_fraction=0.0, **TINY)
+    train(data=tiny_corpus, checkpoint_dir=tmp_path / "one", max_steps=3, save_every=0, val_fraction=0.0, **TINY)
     two = [m["loss"] for m in _metrics(tmp_path / "two")]
     one = [m["loss"] for m in _metrics(tmp_path / "one")]
     assert len(one) == len(two) == 3

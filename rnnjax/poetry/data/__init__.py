@@ -11,6 +11,7 @@ import pathlib
 
 import numpy as np
 
+from rnnjax.poetry.config import DEFAULT_DATA
 from rnnjax.poetry.data.corpus import DROP_REASONS, load_corpus
 from rnnjax.poetry.data.dataset import (
     EOP,
@@ -36,8 +37,6 @@ __all__ = [
     "prepare_dataset", "import_tutorial",
 ]
 
-DEFAULT_OUT = "data/tang.npz"
-
 
 def _already_there(out: pathlib.Path, trust_pickle: bool, say) -> bool:
     if not out.exists():
@@ -47,7 +46,7 @@ def _already_there(out: pathlib.Path, trust_pickle: bool, say) -> bool:
     return True
 
 
-def prepare_dataset(out=DEFAULT_OUT, source=None, cache_dir=None, traditional=False, force=False,
+def prepare_dataset(out=DEFAULT_DATA, source=None, cache_dir=None, traditional=False, force=False,
                     trust_pickle=False, quiet=False, *, integrity=None) -> pathlib.Path:
     """Build ``out`` from the chinese-poetry Tang poems (npm tarball or ``source`` folder).
 
@@ -81,7 +80,7 @@ def prepare_dataset(out=DEFAULT_OUT, source=None, cache_dir=None, traditional=Fa
     return out
 
 
-def import_tutorial(path, out=DEFAULT_OUT, trust_pickle=False, force=False,
+def import_tutorial(path, out=DEFAULT_DATA, trust_pickle=False, force=False,
                     quiet=False) -> pathlib.Path:
     """Convert the tutorial's pickled ``tang.npz`` into our pickle-free layout (its ids kept)."""
     out = pathlib.Path(out)

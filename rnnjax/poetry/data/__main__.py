@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from rnnjax.poetry.data import DEFAULT_OUT, import_tutorial, prepare_dataset
+from rnnjax.poetry.config import DEFAULT_DATA
+from rnnjax.poetry.data import import_tutorial, prepare_dataset
 from rnnjax.poetry.errors import UserError, cli_main
 
 
@@ -12,7 +13,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m rnnjax.poetry data",
         description="Fetch the Tang poems (npm chinese-poetry@2.0.1, sha512-checked), convert them "
                     "to simplified Chinese, clean them and write the pickle-free tang.npz.")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"file to write (default {DEFAULT_OUT})")
+    p.add_argument("--out", default=DEFAULT_DATA, help=f"file to write (default {DEFAULT_DATA})")
     p.add_argument("--source", metavar="DIR",
                    help="local chinese-poetry copy instead of npm: [package/]dist/quantangshi/ "
                         "or the git repository's 全唐诗/")

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import os
 import pathlib
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -29,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rnnjax.poetry.errors import UserError
+from rnnjax.poetry.files import atomic_write
 
 PAD, START, EOP = "</s>", "<START>", "<EOP>"
 SPECIALS = (PAD, START, EOP)
@@ -107,50 +106,14 @@ def encode_poems(poems: Sequence[str], vocab: Vocab, max_len: int = MAX_LEN) -> 
 
 
 def save_npz(path, data: np.ndarray, vocab: Vocab) -> None:
-    """Write ``data`` and ``vocab`` atomically: a temporary file in the same folder, fsync, rename.
-
-    A crash at any point leaves either the old file or the new one, never a partial file (and
-    the temporary file is removed on any error we see).
-    """
+    """Write ``data`` and ``vocab`` atomically (:func:`rnnjax.poetry.files.atomic_write`)."""
     path = pathlib.Path(path)
     data = np.asarray(data)
     if data.ndim != 2 or not np.issubdtype(data.dtype, np.integer):
         raise ValueError(f"data must be a 2-D integer array, got {data.dtype} {data.shape}")
     if data.size and (data.min() < 0 or data.max() >= len(vocab)):
         raise ValueError(f"data holds ids outside the vocabulary's 0..{len(vocab) - 1}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, data=data.astype(np.int32), vocab=vocab.to_array())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: pathlib.Path) -> None:
-    """Make the rename itself durable; not every platform lets a folder be opened, so best effort."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, lambda f: np.savez_compressed(f, data=data.astype(np.int32), vocab=vocab.to_array()))
 
 
 def _pickle_refusal(path) -> UserError:

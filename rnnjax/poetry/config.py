@@ -1,0 +1,120 @@
+"""The app's settings as typed dataclasses: one place for each default.
+
+``ModelConfig`` is the shape of a :class:`~rnnjax.poetry.model.PoetryModel`, the part of a checkpoint's
+``config.json`` that rebuilds the model without the dataset. ``TrainConfig`` is every training flag;
+``train.py`` builds its command line from these fields (each field's metadata holds its help text),
+so a default is written here and nowhere else.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from rnnjax.poetry.errors import UserError
+
+CELLS = ("lstm", "gru", "rnn")
+DEFAULT_DATA = "data/tang.npz"  # the prepared corpus: `python -m rnnjax.poetry data` writes it
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The tutorial's Net: Embedding -> `num_layers` recurrent layers -> Linear. Defaults are the tutorial's."""
+
+    vocab_size: int            # tokens, the three specials (</s>, <START>, <EOP>) included
+    embedding_dim: int = 128   # width of a token's embedding, the recurrent stack's input
+    hidden_dim: int = 256      # width of each recurrent layer's state
+    num_layers: int = 2        # recurrent layers, stacked
+    cell: str = "lstm"         # "lstm", "gru" or "rnn" (Elman, tanh)
+    dropout: float = 0.0       # torch's dropout between recurrent layers (training only)
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        """The model's keys of a ``config.json`` record (other keys are ignored); ValueError if any is missing."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise ValueError(f"missing keys {missing}")
+        return cls(**{n: d[n] for n in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _flag(default, help: str, group: str, **argparse_kwargs) -> Any:
+    """A TrainConfig field: its default, and how train.py shows it (`--name-with-dashes`)."""
+    return dataclasses.field(default=default, metadata={"help": help, "group": group, **argparse_kwargs})
+
+
+_MODEL, _OPT, _OUT = "model", "optimisation", "data and output"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every flag of a training run (``train.py --help`` lists them in this order, in three groups).
+
+    ``config.json`` keeps them all as ``flags`` (`checkpoint_dir` resolved); a folder trained with
+    another cell, size, data file, batch size, seed or validation fraction is refused on resume.
+    """
+
+    cell: str = _flag(ModelConfig.cell, "recurrent cell", _MODEL, choices=CELLS)
+    embedding_dim: int = _flag(ModelConfig.embedding_dim, "token embedding width", _MODEL)
+    hidden_dim: int = _flag(ModelConfig.hidden_dim, "recurrent state width", _MODEL)
+    num_layers: int = _flag(ModelConfig.num_layers, "recurrent layers", _MODEL)
+    dropout: float = _flag(ModelConfig.dropout, "dropout between recurrent layers", _MODEL)
+    epochs: int = _flag(20, "passes over the training poems", _OPT)
+    batch_size: int = _flag(128, "poems per step; a multiple of the device count", _OPT)
+    lr: float = _flag(1e-3, "Adam learning rate", _OPT)
+    clip: float = _flag(1.0, "gradient clipping by global norm", _OPT)
+    seed: int = _flag(0, "initialisation, data order and validation split", _OPT)
+    max_steps: int | None = _flag(None, "stop at this total step count (a resumed run counts from the "
+                                        "checkpoint)", _OPT)
+    time_budget: float | None = _flag(None, "stop (and save) after this many minutes of this run", _OPT,
+                                      metavar="MINUTES")
+    data: str = _flag(DEFAULT_DATA, "corpus; prepared automatically when missing", _OUT)
+    val_fraction: float = _flag(0.02, "poems held out for validation", _OUT)
+    checkpoint_dir: str | None = _flag(None, "where everything is written (default: checkpoints/<cell>)", _OUT)
+    eval_every: int = _flag(0, "validation every N steps as well as every epoch (0: every epoch only)", _OUT)
+    save_every: int = _flag(500, "checkpoint every N steps (0: off)", _OUT)
+    log_every: int = _flag(10, "metrics.jsonl line every N steps", _OUT)
+    sample_every: int = _flag(1000, "greedy sample to samples.txt every N steps and at the end (0: off)", _OUT)
+    sample_prefix: str = _flag("床前明月光", "beginning of the sampled poem", _OUT)
+    distributed: bool = _flag(False, "call jax.distributed.initialize() first (multi-host; set up by the "
+                                     "cluster)", _OUT)
+
+    def __post_init__(self):
+        """UserError naming the flag, before any data is read."""
+        if self.cell not in CELLS:
+            raise UserError(f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        for name in ("epochs", "batch_size", "embedding_dim", "hidden_dim", "num_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise UserError(f"{flag_name(name)} must be a positive integer, got {value!r}")
+        for name in ("lr", "clip"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise UserError(f"{flag_name(name)} must be a positive number, got {value!r}")
+        for name in ("dropout", "val_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"{flag_name(name)} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("max_steps", "time_budget"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise UserError(f"{flag_name(name)} must be positive, got {value}")
+        for name in ("eval_every", "save_every", "sample_every", "log_every"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{flag_name(name)} must be >= 0 (0 = off), got {getattr(self, name)}")
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(vocab_size, self.embedding_dim, self.hidden_dim, self.num_layers, self.cell,
+                           float(self.dropout))
+
+
+def flag_name(field_name: str) -> str:
+    """`batch_size` -> `--batch-size`: the command-line spelling of a field."""
+    return "--" + field_name.replace("_", "-")
