@@ -1,11 +1,13 @@
 """Generation speed: our jit-compiled loop vs the tutorial's per-character PyTorch loop, same weights.
 
-    python bench/generate_latency.py [--repeats 5] [--batch 256]
+    python bench/generate_latency.py [--repeats 5] [--batch 256] [--meter-only]
 
 Random weights of the tutorial's size (vocabulary 8293, embedding 128, hidden 256, 2 LSTM layers)
 are made in a torch `Net` (the tutorial's class, verbatim but for `.cuda()`) and loaded into our
 PoetryModel with `load_torch_state_dict`. Targets: one 48-token greedy poem in <= 1/3 of the
 tutorial's time (warm: compile excluded, reported apart), and >= 500 poems/s at batch 256.
+Last, side by side, the same batch of sampled 五言绝句 with and without `--meter` (格律 masks in the
+same loop; target: >= 0.8 of the poems/s without). `--meter-only` runs just that row.
 """
 from __future__ import annotations
 
@@ -76,6 +78,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--meter-only", action="store_true", help="only the --meter side-by-side row")
     args = p.parse_args()
 
     import jax
@@ -92,6 +95,9 @@ def main():
     ix2word, word2ix = dict(enumerate(vocab.itos)), vocab.stoi
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); vocab {V}, embedding {EMBED}, hidden {HIDDEN}, 2 layers")
+    if args.meter_only:
+        meter_row(model, vocab, args)
+        return
 
     # --- one greedy poem ---------------------------------------------------------------------------
     tutorial_generate(net, PREFIX, ix2word, word2ix)  # warm torch's allocator and kernels
@@ -133,6 +139,39 @@ def main():
         tokens = np.mean([len(p.text) + 1 for p in poems])
         print(f"  {label:32s} {t_batch * 1e3:8.1f} ms  {args.batch / t_batch:8.0f} poems/s  "
               f"({tokens:.0f} tokens each; first call {t_compile:.1f} s)")
+    meter_row(model, vocab, args)
+
+
+def meter_row(model, vocab, args):
+    """A batch of sampled 五言绝句 (T 0.8, top-p 0.9) with and without --meter, timed alternately
+    so that both see the same machine load; poems/s of each and their ratio (target >= 0.8)."""
+    from rnnjax.poetry import prosody
+    from rnnjax.poetry.generation import Generator, Sampling
+
+    gen = Generator(model, vocab, max_len=125)
+    plain = [gen.request(form="5x4")] * args.batch
+    meter = [gen.request(form="5x4", meter=True)] * args.batch
+    sampling = Sampling()
+    compile_s = {}
+    for name, batch in (("plain", plain), ("meter", meter)):
+        t0 = time.perf_counter()
+        gen.generate(batch, sampling, seed=0)
+        compile_s[name] = time.perf_counter() - t0
+    times = {"plain": [], "meter": []}
+    for r in range(args.repeats):
+        for name, batch in (("plain", plain), ("meter", meter)):
+            t0 = time.perf_counter()
+            poems = gen.generate(batch, sampling, seed=1 + r)
+            times[name].append(time.perf_counter() - t0)
+            if name == "meter":
+                passed = sum(prosody.check_poem(p.text).passes_meter for p in poems)
+    rate = {k: args.batch / statistics.median(v) for k, v in times.items()}
+    print(f"\n--meter side by side: batch of {args.batch} sampled 五言绝句 (T 0.8, top-p 0.9), "
+          f"median of {args.repeats}, alternating:")
+    print(f"  without --meter   {rate['plain']:8.0f} poems/s  (first call {compile_s['plain']:.1f} s)")
+    print(f"  with --meter      {rate['meter']:8.0f} poems/s  (first call {compile_s['meter']:.1f} s; "
+          f"{passed}/{args.batch} pass the 格律 checker)")
+    print(f"  ratio             {rate['meter'] / rate['plain']:8.3f}  (target >= 0.8)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ COMMANDS = {
     "data": ("rnnjax.poetry.data.__main__", "fetch, clean and encode the corpus into data/tang.npz"),
     "evaluate": ("rnnjax.poetry.evaluate", "validation perplexity and generation quality of a checkpoint"),
     "export": ("rnnjax.poetry.export", "ship a trained checkpoint, in half precision when quality holds"),
+    "meter": ("rnnjax.poetry.prosody", "格律 of the corpus's 绝句 and 律诗 (or of one poem, --poem) after 平水韵"),
 }
 
 

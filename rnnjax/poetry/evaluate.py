@@ -2,8 +2,11 @@
 
 - validation perplexity on the held-out split of the training data (same split as training);
 - for a fixed set of 20 openings in each form, one batched generation call, then per form:
-  % well-formed poems, % keeping the prefix / acrostic, distinct-2 (variety), and the share of
-  lines that repeat an earlier line of the same poem (the tutorial's greedy poems repeat lines).
+  % well-formed poems, % keeping the prefix / acrostic, distinct-2 (variety), the share of
+  lines that repeat an earlier line of the same poem (the tutorial's greedy poems repeat lines),
+  and for the fixed forms % keeping 格律 (`prosody.check_poem`: the tones of one 近体诗 template and
+  its 平水韵 rhyme) and % rhyming in 平水韵 whatever the tones (`prosody.check_rhyme`: the even
+  lines end in one 平声 group, no repeat).
 """
 from __future__ import annotations
 
@@ -17,9 +20,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnjax.poetry import forms
-from rnnjax.poetry import cli
+from rnnjax.poetry import cli, forms, prosody
 from rnnjax.poetry import generation as g
+from rnnjax.poetry.config import DEFAULT_DATA, TrainConfig
 from rnnjax.poetry.errors import UserError, cli_main
 
 # Common first characters of Tang poems: the prefix set of every form.
@@ -64,6 +67,12 @@ def poem_metrics(texts: list[str], complete: list[bool], form: forms.Form, mode:
     else:
         kept = sum(len(ls) == len(a) and all(line[:1] == h for line, h in zip(ls, a))
                    for ls, a in ((_content_lines(t), a) for t, a in zip(texts, inputs)))
+    # 格律 and 平水韵 rhyme: fixed forms only, and only a well-formed poem can keep them.
+    meter = rhyme = None
+    if form.name in prosody.FORM_NAMES:
+        formed = [t for t, c in zip(texts, complete) if c and forms.check_poem(t, form)]
+        meter = sum(prosody.check_poem(t).passes_meter for t in formed)
+        rhyme = sum(prosody.check_rhyme(t)[0] for t in formed)
     bigrams, lines, repeats = [], 0, 0
     for t in texts:
         ls = [line for line in _content_lines(t) if line]
@@ -76,6 +85,8 @@ def poem_metrics(texts: list[str], complete: list[bool], form: forms.Form, mode:
         "kept": 100.0 * kept / n if n else None,
         "distinct_2": len(set(bigrams)) / len(bigrams) if bigrams else None,
         "repeated_lines": 100.0 * repeats / lines if lines else None,
+        "meter": 100.0 * meter / n if n and meter is not None else None,
+        "pingshui_rhyme": 100.0 * rhyme / n if n and rhyme is not None else None,
     }
 
 
@@ -121,7 +132,8 @@ def validation_perplexity(model, vocab, config: dict, data_path, batch_size: int
     if data_vocab != vocab:
         return None, f"no validation perplexity: {data_path} has another vocabulary than the checkpoint"
     flags = config.get("flags") or {}
-    _, val = train_val_split(unpad(data, vocab), flags.get("val_fraction", 0.02), flags.get("seed", 0))
+    _, val = train_val_split(unpad(data, vocab), flags.get("val_fraction", TrainConfig.val_fraction),
+                             flags.get("seed", TrainConfig.seed))
     if not val:
         return None, "no validation perplexity: the validation split is empty"
     note = ""
@@ -137,12 +149,14 @@ def validation_perplexity(model, vocab, config: dict, data_path, batch_size: int
 
 
 def markdown_table(rows: list[dict]) -> str:
-    out = ["| form | mode | poems | well-formed % | kept % | distinct-2 | repeated lines % |",
-           "|---|---|---:|---:|---:|---:|---:|"]
+    out = ["| form | mode | poems | well-formed % | kept % | distinct-2 | repeated lines % | 格律 % "
+           "| 平水韵 rhyme % |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731  (a row with no poems)
     for r in rows:
         out.append(f"| {r['form']} | {r['mode']} | {r['poems']} | {fmt(r['well_formed'], '.0f')} "
-                   f"| {fmt(r['kept'], '.0f')} | {fmt(r['distinct_2'], '.3f')} | {fmt(r['repeated_lines'], '.1f')} |")
+                   f"| {fmt(r['kept'], '.0f')} | {fmt(r['distinct_2'], '.3f')} | {fmt(r['repeated_lines'], '.1f')} "
+                   f"| {fmt(r.get('meter'), '.0f')} | {fmt(r.get('pingshui_rhyme'), '.0f')} |")
     return "\n".join(out)
 
 
@@ -150,14 +164,14 @@ def markdown_table(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     p = cli.ArgumentParser(prog="python -m rnnjax.poetry evaluate", description=__doc__.splitlines()[0],
                          allow_abbrev=False)
-    p.add_argument("--data", default="data/tang.npz", help="the corpus, for validation perplexity")
+    p.add_argument("--data", default=DEFAULT_DATA, help="the corpus, for validation perplexity")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of markdown")
     cli.add_model_args(p)
     cli.add_sampling_args(p)
     args = p.parse_args(argv)
 
+    sampling = cli.sampling_from_args(args)  # bad settings fail before the model loads
     model, vocab, config, ckpt = cli.load_model_from_args(args)
-    sampling = cli.sampling_from_args(args)
     ppl, ppl_note = validation_perplexity(model, vocab, config, args.data)
     rows, notes = generation_report(g.Generator(model, vocab, args.max_len), sampling, args.seed)
     settings = ("greedy" if sampling.greedy or sampling.temperature == 0 else

@@ -2,9 +2,22 @@
 
 The tutorial's `generate` is greedy, runs Python per character and crashes on a character outside the
 vocabulary. Here a batch of poems is decoded by one `lax.while_loop`: every constraint (forced prefix
-tokens, acrostic heads, line length and punctuation, rhyme class) is carried as arrays and applied by
-masking the logits, so the compiled loop is reused for any prefix, form or sampling setting of the
-same batch size and `max_len`. Validation of user input happens before, in Python, once per request.
+tokens, acrostic heads, line length and punctuation, rhyme class, 格律) is carried as arrays and
+applied by masking the logits, so the compiled loop is reused for any prefix, form or sampling setting
+of the same batch size and `max_len`. Validation of user input happens before, in Python, once per
+request.
+
+格律 (`meter=True`, and `rhyme="pingshui"`): the poem's template (one of `prosody.TEMPLATES`, chosen
+in Python before decoding) is a per-poem index into a stacked `(19, 8, 7)` code table (the 16
+templates, two rhyme-only pseudo-templates for `--rhyme pingshui`, one all-free row for the other
+poems). At a character position of a fixed form the code picks one of six extra rows of the kind
+table (the character row and-ed with `prosody.ProsodyTables.rows`), so the tone pattern costs no
+more per step than the line-length mask; at a rhyme position (a `lax.cond`, taken on the few steps
+where some poem is at one) the tokens outside the poem's running 平水韵 group bitmask and those
+already used are masked too. The loop carries `prosody.MaskState` as arrays - `guard_debt` (B,),
+`rhyme_groups` (B,) int32 and `used_rhymes` (B, 5) - and forced tokens update it exactly as
+sampled ones do (`prosody.advance` is the numpy reference of one step). A batch without 格律 or
+平水韵 rhyme compiles the loop without any of this.
 
 Decoding order: the model first reads `<START>` (and, with a style, `<START>` + style, as
 pytorch-book's `prefix_words`: the poem then continues straight from the style's state, no second
@@ -22,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rnnjax.poetry import forms
+from rnnjax.poetry import forms, prosody
 from rnnjax.poetry.errors import UserError
 from rnnjax.poetry.forms import Form
 
@@ -35,6 +48,11 @@ DEFAULT_MAX_LEN = 125
 FREE_LINE_MAX = 16
 # --top-k / --top-p choose among this many likeliest allowed tokens (see `_choose`).
 CANDIDATES = 64
+# --rhyme: today's 十三辙 classes by pypinyin finals, or 平水韵 level groups (no tone pattern).
+RHYME_MODES = ("modern", "pingshui")
+# Rows of the loop's stacked code table after the 16 templates: --rhyme pingshui for 5- and
+# 7-character lines, then the all-FREE row of every poem without 格律.
+_T_RHYME5, _T_RHYME7, _T_NONE = len(prosody.TEMPLATES), len(prosody.TEMPLATES) + 1, len(prosody.TEMPLATES) + 2
 
 
 def resolve_checkpoint(path: str | None) -> Path:
@@ -52,15 +70,22 @@ def resolve_checkpoint(path: str | None) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    """One poem to write, validated and encoded. `heads` are acrostic token ids, one per line."""
+    """One poem to write, validated and encoded. `heads` are acrostic token ids, one per line.
+
+    `rhyme` is None, "modern" or "pingshui"; with `meter`, `templates` are the indices into
+    `prosody.TEMPLATES` the prefix and heads fit (the poem keeps one of them, drawn per seed and
+    poem index by `Generator.choose_templates`).
+    """
 
     form: Form
     prefix: tuple[int, ...] = ()
     heads: tuple[int, ...] = ()
     style: tuple[int, ...] = ()
-    rhyme: bool = False
+    rhyme: str | None = None
     prefix_text: str = ""
     acrostic_text: str = ""
+    meter: bool = False
+    templates: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +104,9 @@ class Sampling:
         return "cut" if self.top_k > 0 or self.top_p < 1 else "full"
 
     def __post_init__(self):
+        """The one check of the settings, worded for the command line (cli.py parses numbers only)."""
         if not self.temperature >= 0:
-            raise UserError(f"--temperature must be >= 0, got {self.temperature}")
+            raise UserError(f"--temperature must be >= 0 (0 is greedy), got {self.temperature}")
         if not 0 <= self.top_k <= CANDIDATES:
             raise UserError(f"--top-k must be in 0..{CANDIDATES} (0 turns it off), got {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -95,10 +121,27 @@ class Poem:
     seed: int
     index: int         # which poem of the call; with `seed` it fixes the poem
     complete: bool     # ended with <EOP> (False: cut at max_len)
+    template: str | None = None  # the 格律 template it was written to (--meter), e.g. "仄起入韵"
+
+    def _templates(self) -> list[int] | None:
+        return [prosody.template_index(self.form, self.template)] if self.template else None
+
+    def meter_report(self) -> prosody.Report:
+        """The checker's verdict: under the poem's template with --meter, else the best-fitting one."""
+        return prosody.check_poem(self.text, self._templates())
+
+    def show_tones(self) -> str:
+        """Each line with its tones and the template's rule under it, then the verdict."""
+        return prosody.show_poem(self.text, self._templates())
 
     def to_json(self) -> dict:
+        r = self.meter_report()
         return {"text": self.text, "lines": self.lines, "form": self.form, "seed": self.seed,
-                "index": self.index, "complete": self.complete}
+                "index": self.index, "complete": self.complete, "template": self.template,
+                "tones": r.tones,
+                "meter": {"template": r.template, "passes_meter": r.passes_meter, "rhymes": r.rhymes,
+                          "rhyme_group": r.rhyme_group,
+                          "violations": [dataclasses.asdict(v) for v in r.violations]}}
 
 
 class Generator:
@@ -120,7 +163,32 @@ class Generator:
             "single": jnp.asarray(allowed.sum(axis=1) == 1),
             "ender": jnp.asarray(t.ender), "rhyme": jnp.asarray(t.rhyme),
         }
+        self._meter_dev = None  # the same plus the 格律 tables, built on first use (the dictionary loads in ~1 s)
+        self._usable: dict[int, int] = {}
         self._t2s = None
+
+    @property
+    def prosody_tables(self) -> prosody.ProsodyTables:
+        return prosody.prosody_tables(self.vocab)
+
+    def _meter_tables(self) -> dict:
+        """The loop's tables with 格律: the kind rows, then the character row and-ed with each of
+        `prosody.ProsodyTables.rows` (kind `forms.N_KINDS + row`); codes; level and groups per token."""
+        if self._meter_dev is None:
+            p = self.prosody_tables
+            allowed = forms.kind_table(self.tables)
+            allowed = np.concatenate([allowed, allowed[forms.K_CHAR][None, :] & p.rows])
+            codes = np.zeros((_T_NONE + 1, 8, 7), np.int8)
+            codes[: len(prosody.TEMPLATES)] = prosody.stacked_codes()
+            codes[_T_RHYME5, 1::2, 4] = codes[_T_RHYME7, 1::2, 6] = prosody.RHYME
+            self._meter_dev = {
+                **self._tables_dev,
+                "bias": jnp.asarray(np.where(allowed, 0.0, -np.inf).astype(np.float32)),
+                "single": jnp.asarray(allowed.sum(axis=1) == 1),
+                "codes": jnp.asarray(codes.astype(np.int32)),
+                "level": jnp.asarray(p.level), "groups": jnp.asarray(p.groups),
+            }
+        return self._meter_dev
 
     # ---- input -------------------------------------------------------------------------------
 
@@ -140,8 +208,14 @@ class Generator:
         return text
 
     def request(self, prefix: str = "", acrostic: str = "", style: str = "", form: str = "auto",
-                rhyme: bool = False) -> Request:
-        """Validate and encode one poem's constraints; UserError says what cannot work and why."""
+                rhyme: bool | str | None = None, meter: bool = False) -> Request:
+        """Validate and encode one poem's constraints; UserError says what cannot work and why.
+
+        `rhyme`: None / False (none), "modern" (十三辙; True means this, the old spelling) or
+        "pingshui" (平水韵 level groups). `meter`: 格律 after a template of `prosody.TEMPLATES`;
+        it rhymes in 平水韵 by itself, so it takes no `rhyme` but "pingshui".
+        """
+        rhyme = check_rhyme_flags(form, rhyme, meter)
         prefix = self.normalize(prefix, "the prefix")
         acrostic = self.normalize(acrostic, "the acrostic")
         style = self.normalize(style, "the style")
@@ -155,6 +229,13 @@ class Generator:
         if bad:
             raise UserError(f"the acrostic must be Chinese characters only, got {' '.join(bad)}")
         f = forms.parse_form(form) or forms.auto_form(prefix, acrostic)
+        if meter and f.free and form == "auto" and not acrostic:
+            # auto found no line length in the prefix: 格律 takes the first form the prefix can begin.
+            f = next((forms.FORMS[n] for n in ("5x4", "7x4", "5x8", "7x8")
+                      if forms.check_prefix(prefix, forms.FORMS[n]) is None), f)
+        if meter and f.name not in prosody.FORM_NAMES:
+            raise UserError(f"--meter needs one of the forms {', '.join(prosody.FORM_NAMES)}; "
+                            f"this poem would be {f.name}")
         if not f.free:
             if self.tables.comma_id < 0 or self.tables.period_id < 0:
                 raise UserError(f"the model's vocabulary lacks '，' or '。', so it cannot write {f.name}")
@@ -171,9 +252,71 @@ class Generator:
                             f"{2 * len(acrostic) + 1}")
         if rhyme and (f.free or f.n_lines < 2):
             raise UserError("--rhyme needs a fixed form (5x4, 5x8, 7x4, 7x8); free form has no rhyme positions")
+        if rhyme == "pingshui" and f.name not in prosody.FORM_NAMES:
+            raise UserError(f"--rhyme pingshui needs one of the forms {', '.join(prosody.FORM_NAMES)}")
+        templates = ()
+        if meter:
+            templates = self._fit(f, prefix, acrostic)
+        elif rhyme == "pingshui":
+            self._check_pingshui(f, prefix)
         enc = lambda s: tuple(self.vocab.stoi[c] for c in s)  # noqa: E731
         return Request(form=f, prefix=enc(prefix), heads=enc(acrostic), style=enc(style), rhyme=rhyme,
-                       prefix_text=prefix, acrostic_text=acrostic)
+                       prefix_text=prefix, acrostic_text=acrostic, meter=meter, templates=templates)
+
+    def _vocab_can_rhyme(self, n_rhymes: int, what: str) -> int:
+        """`prosody.usable_groups` for `n_rhymes`; UserError when the vocabulary has no such group."""
+        usable = self._usable_groups(n_rhymes)
+        if not usable:
+            raise UserError(f"the model's vocabulary has no 平水韵 level group of {n_rhymes} characters, "
+                            f"so it cannot write {what}")
+        return usable
+
+    def _fit(self, f: Form, prefix: str, acrostic: str) -> tuple[int, ...]:
+        """The templates of `f` that the prefix and heads fit and the vocabulary can finish.
+
+        A prefix or acrostic that breaks every template is an error naming the character (design:
+        prefix characters are never changed, and a poem that could not keep 格律 is not written).
+        """
+        p = self.prosody_tables
+        content = self.tables.content
+        for row, tone in ((p.level, "平"), (p.oblique, "仄")):
+            if not (content & row).any():
+                raise UserError(f"the model's vocabulary has no {tone} character in 平水韵, so it cannot "
+                                "write with --meter")
+        fit = prosody.fit_templates(f.name, prefix, acrostic)
+        if not fit:
+            raise UserError(prosody.misfit_message(f.name, prefix, acrostic))
+        # A template stays when a 平水韵 group holds its given rhyme characters (if any) and enough
+        # tokens for all its rhymes: then sampling can never run out of rhymes.
+        usable = {i: self._usable_groups(prosody.TEMPLATES[i].n_rhymes) for i in fit}
+        ok = tuple(i for i in fit if usable[i] & prosody.given_rhyme_groups(i, f.name, prefix, acrostic))
+        if not ok:
+            if not any(usable.values()):
+                self._vocab_can_rhyme(min(prosody.TEMPLATES[i].n_rhymes for i in fit), f"{f.name} with --meter")
+            raise UserError("the prefix's rhyme characters share no 平水韵 group with enough characters in "
+                            "the model's vocabulary to finish the poem")
+        return ok
+
+    def _check_pingshui(self, f: Form, prefix: str) -> None:
+        why = prosody.rhyme_misfit(f.name, prefix)
+        if why:
+            raise UserError(why)
+        t = prosody.rhyme_only(f.name)
+        usable = self._vocab_can_rhyme(t.n_rhymes, f"{f.name} with --rhyme pingshui")
+        if not usable & prosody.given_rhyme_groups(t, f.name, prefix):
+            raise UserError("the prefix's rhyme characters share no 平水韵 group with enough characters in "
+                            "the model's vocabulary to finish the poem")
+
+    def choose_templates(self, requests: list[Request], seed: int = 0, poem_ids=None) -> np.ndarray:
+        """(B,) int32: the template each poem keeps (index into `prosody.TEMPLATES`, -1 without
+        --meter), drawn among the request's fitting templates from (seed, poem index) alone."""
+        poem_ids = np.arange(len(requests)) if poem_ids is None else np.asarray(poem_ids)
+        out = np.full(len(requests), -1, np.int32)
+        for k, (r, pid) in enumerate(zip(requests, poem_ids.tolist())):
+            if r.templates:
+                rng = np.random.default_rng([int(seed) & (2**64 - 1), int(pid) & (2**64 - 1), 0x683C5F8B])
+                out[k] = r.templates[int(rng.integers(len(r.templates)))]
+        return out
 
     # ---- decoding ----------------------------------------------------------------------------
 
@@ -181,8 +324,11 @@ class Generator:
         """Longest free-form line; with an acrostic, short enough that every head gets its line."""
         return min(FREE_LINE_MAX, (self.max_len - 1) // n_heads - 1) if n_heads else FREE_LINE_MAX
 
-    def batch_arrays(self, requests: list[Request]) -> dict:
-        """Requests -> fixed-shape arrays (padded to max_len), so any mix of requests reuses one compile."""
+    def batch_arrays(self, requests: list[Request], templates=None) -> dict:
+        """Requests -> fixed-shape arrays (padded to max_len), so any mix of requests reuses one compile.
+
+        `templates`: `choose_templates`'s answer (default: seed 0). With 格律 or 平水韵 rhyme in the
+        batch the arrays also hold each poem's code-table row `tmpl` and its first `rhyme_groups`."""
         b, n = len(requests), self.max_len
         forced = np.full((b, n), -1, np.int32)
         heads = np.full((b, n), -1, np.int32)
@@ -205,23 +351,51 @@ class Generator:
             "line_len": np.array([r.form.line_len for r in requests], np.int32),
             "n_lines": np.array([r.form.n_lines for r in requests], np.int32),
             "line_cap": np.array([self.free_line_cap(len(r.heads)) for r in requests], np.int32),
-            "rhyme": np.array([r.rhyme for r in requests], bool),
+            "rhyme": np.array([r.rhyme == "modern" for r in requests], bool),
             "prime": prime, "prime_len": prime_len, "first": first,
+            **(self._meter_arrays(requests, templates) if _uses_prosody(requests) else {}),
         }
 
+    def _meter_arrays(self, requests: list[Request], templates) -> dict:
+        templates = self.choose_templates(requests) if templates is None else np.asarray(templates)
+        tmpl = np.full(len(requests), _T_NONE, np.int32)
+        groups = np.zeros(len(requests), np.int32)
+        for k, r in enumerate(requests):
+            if r.meter:
+                tmpl[k] = templates[k]
+                n_rhymes = prosody.TEMPLATES[tmpl[k]].n_rhymes
+            elif r.rhyme == "pingshui":
+                tmpl[k] = _T_RHYME5 if r.form.line_len == 5 else _T_RHYME7
+                n_rhymes = r.form.n_lines // 2
+            else:
+                continue
+            # Groups with a token for every rhyme: the sampler can never run out (prosody.usable_groups).
+            groups[k] = self._usable_groups(n_rhymes)
+        return {"tmpl": tmpl, "rhyme_groups": groups}
+
+    def _usable_groups(self, n_rhymes: int) -> int:
+        if n_rhymes not in self._usable:  # ~0.3 ms at a vocabulary of 8k: once, not per poem
+            self._usable[n_rhymes] = prosody.usable_groups(self.prosody_tables, n_rhymes)
+        return self._usable[n_rhymes]
+
     def generate_ids(self, requests: list[Request], sampling: Sampling = Sampling(), seed: int = 0,
-                     poem_ids=None) -> np.ndarray:
-        """(B, max_len) token ids per poem, padded with </s> after <EOP>."""
+                     poem_ids=None, templates=None) -> np.ndarray:
+        """(B, max_len) token ids per poem, padded with </s> after <EOP>.
+
+        `templates` (B,): the 格律 template of each --meter poem; default `choose_templates`."""
         if not requests:
             raise UserError("nothing to generate")
-        arrays = self.batch_arrays(requests)
         poem_ids = np.arange(len(requests), dtype=np.int32) if poem_ids is None else np.asarray(poem_ids, np.int32)
+        meter = _uses_prosody(requests)
+        if meter and templates is None:
+            templates = self.choose_templates(requests, seed, poem_ids)
+        arrays = self.batch_arrays(requests, templates)
         specials = np.array([self.vocab.pad_id, self.vocab.eop_id], np.int32)
         out = _decode(
-            self.graphdef, self.params, self._tables_dev, arrays, specials,
+            self.graphdef, self.params, self._meter_tables() if meter else self._tables_dev, arrays, specials,
             jax.random.key(seed), poem_ids,
             np.float32(max(sampling.temperature, 1e-6)), np.int32(sampling.top_k), np.float32(sampling.top_p),
-            max_len=self.max_len, mode=sampling.mode,
+            max_len=self.max_len, mode=sampling.mode, meter=meter,
         )
         return np.asarray(out)
 
@@ -237,12 +411,32 @@ class Generator:
         return "".join(chars), False
 
     def generate(self, requests: list[Request], sampling: Sampling = Sampling(), seed: int = 0) -> list[Poem]:
-        ids = self.generate_ids(requests, sampling, seed)
+        templates = self.choose_templates(requests, seed)
+        ids = self.generate_ids(requests, sampling, seed, templates=templates)
         poems = []
         for i, (r, row) in enumerate(zip(requests, ids)):
             text, complete = self.decode_text(row)
-            poems.append(Poem(text, forms.print_lines(text), r.form.name, seed, i, complete))
+            name = prosody.TEMPLATES[templates[i]].name if templates[i] >= 0 else None
+            poems.append(Poem(text, forms.print_lines(text), r.form.name, seed, i, complete, name))
         return poems
+
+
+def check_rhyme_flags(form: str, rhyme: bool | str | None, meter: bool) -> str | None:
+    """The rhyme mode (None, "modern" or "pingshui") of `Generator.request`'s flags; UserError for
+    combinations that cannot work whatever the model (the CLI calls this before loading one)."""
+    rhyme = "modern" if rhyme is True else rhyme or None
+    if rhyme not in (None, *RHYME_MODES):
+        raise UserError(f"unknown rhyme {rhyme!r}; choose one of: {', '.join(RHYME_MODES)}")
+    if meter and rhyme == "modern":
+        raise UserError("--meter rhymes in 平水韵 by itself; it cannot be combined with --rhyme modern")
+    if meter and form != "auto" and forms.parse_form(form).name not in prosody.FORM_NAMES:
+        raise UserError(f"--meter needs a fixed form ({', '.join(prosody.FORM_NAMES)} or auto), not {form}")
+    return rhyme
+
+
+def _uses_prosody(requests: list[Request]) -> bool:
+    """Does the batch need the 格律 tables and state? (If not, the loop is compiled without them.)"""
+    return any(r.meter or r.rhyme == "pingshui" for r in requests)
 
 
 # ---- the compiled loop -----------------------------------------------------------------------
@@ -293,9 +487,17 @@ def _choose(step, logits, temperature, top_k, top_p, poem_keys, mode):
     return jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_len", "mode"))
+def _rhyme_bias(tab, rhyme_groups, used, at_rhyme, logits):
+    """-inf on the tokens a RHYME position forbids: outside every group still open for the poem,
+    or a rhyme used before (`used` holds token ids, V where empty). Only rows `at_rhyme` change."""
+    ok = (tab["groups"][None, :] & rhyme_groups[:, None]) != 0
+    ok = ok.at[jnp.arange(ok.shape[0])[:, None], used].set(False, mode="drop")
+    return jnp.where(at_rhyme[:, None] & ~ok, -jnp.inf, logits)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_len", "mode", "meter"))
 def _decode(graphdef, params, tab, batch, specials, key, poem_ids, temperature, top_k, top_p, *,
-            max_len, mode):
+            max_len, mode, meter=False):
     model = nnx.merge(graphdef, params)
     b = batch["first"].shape[0]
     pad_id, eop_id = specials[0], specials[1]
@@ -320,6 +522,10 @@ def _decode(graphdef, params, tab, batch, specials, key, poem_ids, temperature, 
     zeros = jnp.zeros(b, jnp.int32)
     init = dict(t=jnp.int32(0), inp=batch["first"], hx=hx, line=zeros, col=zeros, rhyme_cls=zeros - 1,
                 done=jnp.zeros(b, bool), out=jnp.full((b, max_len), pad_id, jnp.int32))
+    if meter:  # prosody.MaskState, one row per poem
+        v = tab["groups"].shape[0]
+        init.update(guard_debt=jnp.zeros(b, bool), rhyme_groups=batch["rhyme_groups"],
+                    used_rhymes=jnp.full((b, prosody.MAX_RHYMES), v, jnp.int32), n_used=zeros)
 
     def cond(s):
         return (s["t"] < max_len) & ~jnp.all(s["done"])
@@ -331,6 +537,14 @@ def _decode(graphdef, params, tab, batch, specials, key, poem_ids, temperature, 
         line, col = s["line"], s["col"]
         kind = _kind(line, col, batch["n_lines"], batch["line_len"], batch["line_cap"], batch["n_heads"],
                      batch["rhyme"], s["rhyme_cls"])
+        if meter:
+            # The template's code at this character (FREE off the characters of a fixed form).
+            in_line = (line < batch["n_lines"]) & (col < batch["line_len"])
+            code = tab["codes"][batch["tmpl"], jnp.clip(line, 0, 7), jnp.clip(col, 0, 6)]
+            code = jnp.where(in_line, code, prosody.FREE)
+            row = jnp.where((code == prosody.GUARD) & s["guard_debt"], prosody.GUARD_DEBT, code)
+            kind = jnp.where(in_line & (batch["tmpl"] != _T_NONE), forms.N_KINDS + row, kind)
+            at_rhyme = code == prosody.RHYME
         forced = jax.lax.dynamic_index_in_dim(batch["forced"], s["t"], axis=1, keepdims=False)
         head = jnp.take_along_axis(batch["heads"], jnp.clip(line, 0, max_len - 1)[:, None], axis=1)[:, 0]
         use_head = (col == 0) & (line < batch["n_heads"])
@@ -340,17 +554,33 @@ def _decode(graphdef, params, tab, batch, specials, key, poem_ids, temperature, 
             lambda: jnp.zeros((b, tab["bias"].shape[1]), jnp.float32),  # the mask alone picks the token
             lambda: model.linear1(features[0]).astype(jnp.float32),
         )
-        sampled = _choose(s["t"], logits + tab["bias"][kind], temperature, top_k, top_p, poem_keys, mode)
+        logits = logits + tab["bias"][kind]
+        if meter:
+            logits = jax.lax.cond(
+                jnp.any(at_rhyme),
+                functools.partial(_rhyme_bias, tab, s["rhyme_groups"], s["used_rhymes"], at_rhyme),
+                lambda x: x, logits)
+        sampled = _choose(s["t"], logits, temperature, top_k, top_p, poem_keys, mode)
         tok = jnp.where(forced >= 0, forced, jnp.where(use_head, head, sampled))
         tok = jnp.where(s["done"], pad_id, tok)
 
         ends = tab["ender"][tok]
         rhyme_pos = batch["rhyme"] & (col == batch["line_len"] - 1) & (line % 2 == 1)
         rhyme_cls = jnp.where(rhyme_pos & (s["rhyme_cls"] < 0), tab["rhyme"][tok], s["rhyme_cls"])
-        return dict(
+        new = dict(
             t=s["t"] + 1, inp=tok, hx=hx, line=line + ends, col=jnp.where(ends, 0, col + 1),
             rhyme_cls=rhyme_cls, done=s["done"] | (tok == eop_id),
             out=jax.lax.dynamic_update_index_in_dim(s["out"], tok, s["t"], axis=1),
         )
+        if meter:  # prosody.advance, for sampled and forced tokens alike
+            debt = jnp.where(code == prosody.GUARD, ~tab["level"][tok], s["guard_debt"])
+            slot = at_rhyme[:, None] & (jnp.arange(prosody.MAX_RHYMES)[None, :] == s["n_used"][:, None])
+            new.update(
+                guard_debt=debt & ~ends,  # a line's punctuation clears its 孤平 debt
+                rhyme_groups=jnp.where(at_rhyme, s["rhyme_groups"] & tab["groups"][tok], s["rhyme_groups"]),
+                used_rhymes=jnp.where(slot, tok[:, None], s["used_rhymes"]),
+                n_used=s["n_used"] + at_rhyme,
+            )
+        return new
 
     return jax.lax.while_loop(cond, body, init)["out"]

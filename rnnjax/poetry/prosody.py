@@ -95,7 +95,8 @@ __all__ = [
     "ProsodyTables", "prosody_tables", "usable_groups", "MaskState", "allowed_mask", "mask_allows",
     "advance",
     "Violation", "Report", "check_poem", "check_rhyme", "show_tones", "show_poem",
-    "fit_templates", "misfit_message", "summarize", "main",
+    "TONES_LEGEND", "fit_templates", "misfit_message", "rhyme_only", "given_rhyme_groups", "rhyme_misfit",
+    "summarize", "main",
 ]
 
 PING, ZE, BOTH, UNKNOWN = "平", "仄", "兼", "？"
@@ -569,6 +570,9 @@ _NEED_TEXT = {
     "重韵": "a rhyme character not used before (重韵)",
 }
 _RULE_MARK = {FREE: "中", GUARD: "中", LEVEL: PING, OBLIQUE: ZE, RHYME: "韵"}
+# The key to :func:`show_tones`'s rows, one line (``generate.py --show-tones`` prints it once).
+TONES_LEGEND = ("under each line: its characters' tones (平 level, 仄 oblique, 兼 either, ？ not in 平水韵), "
+                "then the template's rule (平 / 仄 strict, 中 free, 韵 rhyme); ✗ marks a broken rule")
 
 
 def show_tones(line: str, template_line: Sequence[int]) -> str:
@@ -595,9 +599,13 @@ def show_tones(line: str, template_line: Sequence[int]) -> str:
     return "\n".join(rows)
 
 
-def show_poem(text: str) -> str:
-    """Every line with :func:`show_tones` under its best template, then the verdict."""
-    r = check_poem(text)
+def show_poem(text: str, templates: Sequence[int] | None = None) -> str:
+    """Every line with :func:`show_tones` under its best template, then the verdict.
+
+    ``templates`` restricts the candidates as in :func:`check_poem` (``generate.py --meter
+    --show-tones`` passes the one template the poem was written to).
+    """
+    r = check_poem(text, templates)
     if r.form is None:
         return "\n".join([*(f"{s}\n{t}" for s, t in zip(r.lines, r.tones)),
                           "not a 5- or 7-character 绝句 or 律诗: no template"])
@@ -651,6 +659,43 @@ def fit_templates(form, prefix_text: str = "", heads: str | Sequence[str] = "") 
     name = _form_name(form)
     cells = _place(name, prefix_text, heads)
     return [i for i in template_for(name) if not _violations(TEMPLATES[i], cells)[0]]
+
+
+def rhyme_only(form) -> Template:
+    """The pseudo-template of ``--rhyme pingshui``: no tone pattern, only the even lines' last
+    characters are :data:`RHYME` positions (level-capable, one group, no repeat); every other
+    position is :data:`FREE`. Not one of :data:`TEMPLATES`."""
+    name = _form_name(form)
+    line_len, n_lines = (int(x) for x in name.split("x"))
+    codes = np.zeros((n_lines, line_len), np.int8)
+    codes[1::2, -1] = RHYME
+    codes.flags.writeable = False
+    return Template(name, "押韵", ("中" * line_len,) * n_lines, codes)
+
+
+def given_rhyme_groups(template, form, prefix_text: str = "", heads: str | Sequence[str] = "") -> int:
+    """Bitmask of the level groups every given rhyme character of ``template`` belongs to
+    (:data:`ALL_GROUPS` when the prefix reaches no rhyme position). A decoding loop's
+    ``rhyme_groups`` ends up inside it once the prefix is read; intersected with
+    :func:`usable_groups` it tells whether the rest of the poem can still rhyme."""
+    t = _template(template)
+    out = ALL_GROUPS
+    for (line, pos), ch in _place(_form_name(form), prefix_text, heads).items():
+        if t.codes[line, pos] == RHYME:
+            out &= _level(ch)
+    return out
+
+
+def rhyme_misfit(form, prefix_text: str = "") -> str | None:
+    """:func:`misfit_message` for ``--rhyme pingshui`` (:func:`rhyme_only`): the one-line error
+    when the prefix's own rhyme characters already break the rhyme, else None."""
+    name = _form_name(form)
+    bad, _ = _violations(rhyme_only(name), _place(name, prefix_text, ""))
+    if not bad:
+        return None
+    v = bad[0]
+    return (f"the prefix cannot rhyme in 平水韵: {v.char!r} (line {v.line}, position {v.pos}) "
+            f"{_describe(v.char)}, but the end of an even line needs {_NEED_TEXT[v.need]}")
 
 
 def _describe(ch: str) -> str:
@@ -711,7 +756,7 @@ def _rjust(text: str, width: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m rnnjax.poetry.prosody",
+        prog="python -m rnnjax.poetry meter",
         description="格律 of a corpus (how many of its 绝句 and 律诗 keep the tones and rhyme of "
                     "平水韵) or of one poem (--poem).")
     parser.add_argument("--data", default="data/tang.npz", help="the corpus (.npz)")

@@ -19,7 +19,7 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rnnjax.poetry import forms
+from rnnjax.poetry import forms, prosody
 from rnnjax.poetry.data import Vocab
 from rnnjax.poetry.errors import UserError
 from rnnjax.poetry.evaluate import poem_metrics
@@ -315,3 +315,248 @@ def test_cli_prints_couplets(ckpt, capsys):
     out = capsys.readouterr().out.strip().split("\n\n")
     assert len(out) == 2 and out[0] == out[1]  # greedy: the same poem twice
     assert all(re.fullmatch(f"{HANZI}{{5}}，{HANZI}{{5}}。", line) for line in out[0].splitlines())
+
+
+# ---- 格律 (--meter) and 平水韵 rhyme ----------------------------------------------------------------
+# A vocabulary of real characters: every tone class, several 平水韵 groups of 5+ level characters
+# (律诗 入韵 needs 5 rhymes), a character unknown to 平水韵 (䶮), and punctuation.
+METER_CHARS = "".join(dict.fromkeys(
+    "白日依山尽黄河入海流欲穷千里目更上一层楼国破城春草木深感时花溅泪恨别鸟惊心烽火连三月家书"
+    "抵万金头搔短浑不胜簪秦明汉关长征人未还但使龙飞将在教胡马度阴床前光疑是地霜举望低思故乡看"
+    "石风云天秋江南北东西雪月星夜空归来去远行愁君何处无有青红绿水烟寒孤舟酒声高楼台歌舞梦中"
+    "诗知迟池枝尘新身亲闻群分言门村夏冬䶮"))
+METER_VOCAB = Vocab(["</s>", "<START>", "<EOP>", "，", "。", "！", *METER_CHARS])
+METER_BATCH = 8
+
+
+def meter_model(seed=0, boost=(), rank=None):
+    """Random weights over METER_VOCAB; `boost` as in `tiny_model`. `rank`: zero output weights and
+    this bias, so the logits are `rank` whatever the state and greedy picks the best-ranked token
+    the masks allow (what the numpy reference can predict exactly)."""
+    model = PoetryModel(len(METER_VOCAB), 16, 32, 2, rngs=nnx.Rngs(seed))
+    for tok in boost:
+        model.linear1.bias[...] = model.linear1.bias[...].at[tok].add(6.0)
+    if rank is not None:
+        model.linear1.kernel[...] = jnp.zeros_like(model.linear1.kernel[...])
+        model.linear1.bias[...] = jnp.asarray(rank, jnp.float32)
+    return model
+
+
+def template_of(poem):
+    return prosody.template_index(poem.form, poem.template)
+
+
+METER_REQUESTS = st.sampled_from([
+    {"form": "5x4", "meter": True}, {"form": "5x8", "meter": True}, {"form": "7x4", "meter": True},
+    {"form": "7x8", "meter": True}, {"meter": True},  # auto, no prefix: 5x4
+    {"prefix": "白日依山尽，黄河入海流。", "meter": True}, {"prefix": "床前明月光", "form": "5x8", "meter": True},
+    {"prefix": "秦时明月汉时关，", "meter": True}, {"prefix": "春", "form": "七言律诗", "meter": True},
+    {"acrostic": "春江花月", "meter": True}, {"acrostic": "春江花月", "form": "5x4", "meter": True},
+    {"acrostic": "风花雪月春夏秋冬", "meter": True}, {"acrostic": "山水云月星风花秋", "form": "5x8", "meter": True, "style": "人"},
+    {"form": "5x8", "rhyme": "pingshui"}, {"form": "7x4", "rhyme": "pingshui"},
+    {"prefix": "白日依山尽，黄河入海流。", "rhyme": "pingshui"},
+    {"form": "7x4", "rhyme": "modern"}, {"form": "5x4"}, {"prefix": "春风"},
+])
+# Tokens an unconstrained model would then emit at every step: oblique-only, a much-wanted rhyme,
+# the character 平水韵 does not know.
+METER_BOOSTS = st.sampled_from([(), tuple("石月国白"), ("流", "楼"), ("䶮", "。"), ("光",)])
+
+
+def assert_meter_poem(poem, kw):
+    """An independent check of a --meter / --rhyme pingshui poem: the checker of prosody.py."""
+    text = poem.text
+    assert poem.complete and forms.check_poem(text, forms.FORMS[poem.form]), text
+    if kw.get("prefix"):
+        assert text.startswith(kw["prefix"]), text
+    if kw.get("acrostic"):
+        assert [line[0] for line in forms.split_lines(text)] == list(kw["acrostic"]), text
+    if kw.get("meter"):
+        r = prosody.check_poem(text, [template_of(poem)])
+        assert r.violations == [] and r.passes_meter and r.rhymes, (text, poem.template, r.violations)
+        assert prosody.check_poem(text).passes_meter
+    else:
+        assert poem.template is None
+        assert prosody.check_rhyme(text)[0], text
+
+
+@settings(max_examples=10)
+@given(weights=st.integers(0, 2**16), reqs=st.lists(METER_REQUESTS, min_size=METER_BATCH, max_size=METER_BATCH),
+       sampling=SAMPLINGS, seed=st.integers(0, 2**31 - 1), boost=METER_BOOSTS)
+def test_meter_poems_pass_the_checker(weights, reqs, sampling, seed, boost):
+    g = Generator(meter_model(weights, boost=[METER_VOCAB.stoi[t] for t in boost]), METER_VOCAB, max_len=MAX_LEN)
+    requests = [g.request(**kw) for kw in reqs]
+    for poem, kw, r in zip(g.generate(requests, sampling, seed), reqs, requests):
+        if kw.get("meter") or kw.get("rhyme") == "pingshui":
+            assert_meter_poem(poem, kw)
+        else:
+            assert_well_formed(poem.text, poem.complete, r.form, {**kw, "rhyme": kw.get("rhyme") == "modern"})
+
+
+def reference_meter(tables, template, rank, given):
+    """The poem greedy decoding must write when the logits are `rank` everywhere: at each character,
+    the best-ranked token of `prosody.allowed_mask` (a numpy step of the loop), or the given one."""
+    t = prosody.TEMPLATES[template]
+    chars = np.array([forms.is_hanzi(s) for s in METER_VOCAB.itos])
+    state = prosody.MaskState(rhyme_groups=prosody.usable_groups(tables, t.n_rhymes))
+    out = []
+    for line in range(t.codes.shape[0]):
+        for pos in range(t.codes.shape[1]):
+            if (line, pos) in given:
+                tok = METER_VOCAB.stoi[given[line, pos]]
+            else:
+                ok = prosody.allowed_mask(tables, template, line, pos, state) & chars
+                tok = int(np.argmax(np.where(ok, rank, -np.inf)))
+                assert ok[tok]
+            out.append(tok)
+            state = prosody.advance(tables, template, line, pos, state, tok)
+        out.append(METER_VOCAB.stoi["，。"[line % 2]])
+    return [*out, METER_VOCAB.eop_id]
+
+
+@pytest.mark.parametrize("rank_seed", [0, 1, 2])
+def test_loop_masks_equal_the_numpy_reference(rank_seed):
+    """All 16 templates in one batch (with prefix / heads in one run): the compiled loop and
+    `prosody.allowed_mask` + `advance` choose the same token at every step."""
+    rng = np.random.default_rng(rank_seed)
+    rank = rng.permutation(len(METER_VOCAB)).astype(np.float32)
+    # Seed 0: the model wants 石 (仄 only) everywhere, so both 孤平 positions would be oblique;
+    # seed 1: 䶮 (no tone), allowed on free positions only; seed 2: a prefix or heads.
+    rank[METER_VOCAB.stoi[{0: "石", 1: "䶮", 2: "月"}[rank_seed]]] = len(METER_VOCAB)
+    g = Generator(meter_model(rank=rank), METER_VOCAB, max_len=MAX_LEN)
+    tables = g.prosody_tables
+    templates = list(range(len(prosody.TEMPLATES)))
+    prefixes = {"5x4": "白日依山尽，白", "5x8": "国破山河在，城", "7x4": "秦时明月汉", "7x8": ""}
+    requests, given = [], []
+    for i in templates:
+        form = prosody.TEMPLATES[i].form
+        kw = {"form": form, "meter": True}
+        if rank_seed == 2 and form != "7x8" and i in prosody.fit_templates(form, prefixes[form]):
+            kw["prefix"] = prefixes[form]
+        elif rank_seed == 2 and form == "7x8":
+            kw["acrostic"] = "风花雪月春夏秋冬"
+        requests.append(g.request(**kw))
+        assert i in requests[-1].templates
+        cells = {}
+        if kw.get("prefix"):
+            for k, ch in enumerate(kw["prefix"].replace("，", "")):
+                cells[divmod(k, int(form[0]))] = ch
+        for line, ch in enumerate(kw.get("acrostic", "")):
+            cells[line, 0] = ch
+        given.append(cells)
+    ids = g.generate_ids(requests, Sampling(greedy=True), templates=np.array(templates))
+    for i, row, cells in zip(templates, ids, given):
+        want = reference_meter(tables, i, rank, cells)
+        assert row[: len(want)].tolist() == want, (prosody.TEMPLATE_NAMES[i], METER_VOCAB.decode(row))
+        assert prosody.check_poem(METER_VOCAB.decode(row), [i]).passes_meter
+
+
+def test_template_depends_on_seed_and_index_only():
+    g = Generator(meter_model(3), METER_VOCAB, max_len=MAX_LEN)
+    req = g.request(form="5x4", meter=True)
+    a = g.generate([req] * METER_BATCH, Sampling(), seed=5)
+    b = g.generate([req] * 3, Sampling(), seed=5)
+    assert [p.template for p in a[:3]] == [p.template for p in b] and [p.text for p in a[:3]] == [p.text for p in b]
+    assert len({p.template for p in a}) > 1  # drawn among all four 五言绝句 templates
+    assert {p.template for p in g.generate([g.request(prefix="床前明月光", meter=True)] * 4, Sampling())} == {"平起入韵"}
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(prefix="白日依山光", meter=True), "'光' (line 1, position 5) is 平"),
+    (dict(prefix="白日依山尽，白河入海流。", meter=True), "'入' (line 2, position 3)"),
+    (dict(acrostic="石石石石", form="5x4", meter=True), None),  # heads stand on free positions
+    (dict(prefix="春", form="free", meter=True), "fixed form"),
+    (dict(acrostic="春江花", meter=True), "7x3"),
+    (dict(form="5x4", meter=True, rhyme="modern"), "--rhyme modern"),
+    (dict(form="5x4", rhyme="tang"), "unknown rhyme"),
+    (dict(prefix="白日依山尽，黄河入海石。", rhyme="pingshui"), "'石' (line 2, position 5) is 仄"),
+    (dict(prefix="白日依山尽，黄河入海流。欲穷千里目，更上一层山。", rhyme="pingshui"), "'山' (line 4"),
+])
+def test_meter_requests_that_cannot_work(kw, match):
+    g = Generator(meter_model(), METER_VOCAB, max_len=MAX_LEN)
+    if match is None:
+        assert g.request(**kw).templates
+        return
+    with pytest.raises(UserError, match=re.escape(match)) as e:
+        g.request(**kw)
+    assert "\n" not in str(e.value)
+
+
+def test_meter_refuses_a_vocabulary_that_cannot_keep_it():
+    level_only = Vocab(["</s>", "<START>", "<EOP>", "，", "。", *"天风山流楼"])
+    g = Generator(PoetryModel(len(level_only), 8, 8, 1, rngs=nnx.Rngs(0)), level_only, max_len=MAX_LEN)
+    with pytest.raises(UserError, match="no 仄 character"):
+        g.request(form="5x4", meter=True)
+    few = Vocab(["</s>", "<START>", "<EOP>", "，", "。", *"天风山流石月"])  # no group of 3
+    g = Generator(PoetryModel(len(few), 8, 8, 1, rngs=nnx.Rngs(0)), few, max_len=MAX_LEN)
+    with pytest.raises(UserError, match="no 平水韵 level group of 2 characters"):
+        g.request(form="5x4", meter=True)
+    with pytest.raises(UserError, match="level group of 4 characters"):
+        g.request(form="5x8", rhyme="pingshui")
+
+
+@pytest.fixture(scope="module")
+def meter_ckpt(tmp_path_factory):
+    from rnnjax.poetry.checkpoint import export_model
+
+    out = tmp_path_factory.mktemp("ckpt") / "meter"
+    export_model(out, meter_model(4), {"vocab": METER_VOCAB.itos, "data_fingerprint": "", "flags": {}})
+    return out
+
+
+def test_cli_meter_json(meter_ckpt, capsys):
+    _generate_main()(["--checkpoint", str(meter_ckpt), "--格律", "--form", "七言律诗", "--num", "3", "--json",
+                      "--max-len", str(MAX_LEN)])
+    poems = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(poems) == 3
+    for p in poems:
+        assert p["template"] in {t.name for t in prosody.TEMPLATES} and p["form"] == "7x8"
+        assert p["meter"]["passes_meter"] and p["meter"]["rhymes"] and p["meter"]["violations"] == []
+        assert p["meter"]["template"] == p["template"]
+        chars = p["text"].replace("，", "").replace("。", "")
+        assert "".join(p["tones"]) == "".join(prosody.tone_class(c) for c in chars) and len(p["tones"]) == 8
+    _generate_main()(["--checkpoint", str(meter_ckpt), "--form", "5x4", "--json", "--max-len", str(MAX_LEN)])
+    p = json.loads(capsys.readouterr().out)
+    assert p["template"] is None and set(p["meter"]) >= {"passes_meter", "rhymes", "violations"}
+
+
+def test_cli_show_tones(meter_ckpt, capsys):
+    _generate_main()(["--checkpoint", str(meter_ckpt), "--meter", "--prefix", "床前明月光", "--show-tones",
+                      "--max-len", str(MAX_LEN)])
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert lines[0].startswith("床前明月光，") and "under each line" in out.err
+    assert lines[3:6] == ["床 前 明 月 光", "平 平 平 仄 平", "中 平 中 仄 韵"]
+    assert "5x4 平起入韵" in out.out and "格律: passes" in out.out
+    # Without --meter: the best-fitting template, and the broken rules marked.
+    _generate_main()(["--checkpoint", str(meter_ckpt), "--prefix", "白日依山光", "--show-tones", "--greedy",
+                      "--max-len", str(MAX_LEN)])
+    out = capsys.readouterr().out
+    assert "白 日 依 山 光" in out and "格律: " in out
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--meter", "--form", "free"], "fixed form"),
+    (["--meter", "--rhyme"], "--rhyme modern"),  # bare --rhyme is the old spelling of modern
+    (["--meter", "--prefix", "白日依山光"], "'光' (line 1, position 5)"),
+    (["--rhyme", "tang"], "invalid choice"),
+])
+def test_cli_meter_errors(meter_ckpt, capsys, args, match):
+    with pytest.raises(SystemExit) as e:
+        _generate_main()(["--checkpoint", str(meter_ckpt), "--max-len", str(MAX_LEN), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith("error: ") and match in err[-1]
+
+
+def test_evaluate_meter_columns():
+    texts = ["白日依山尽，黄河入海流。欲穷千里目，更上一层楼。", "床前明月光，疑是地上霜。举头望明月，低头思故乡。",
+             "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。"]
+    m = poem_metrics(texts, [True] * 3, forms.FORMS["5x4"], "prefix", ["白", "床", "春"])
+    assert m["meter"] == pytest.approx(100 / 3) and m["pingshui_rhyme"] == pytest.approx(200 / 3)
+    assert poem_metrics(texts, [True] * 3, forms.FREE, "prefix", ["白", "床", "春"])["meter"] is None
+
+
+def test_meter_command_is_registered(capsys):
+    from rnnjax.poetry.__main__ import main
+
+    assert main(["meter", "--poem", "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。"]) == 0
+    assert "格律: passes" in capsys.readouterr().out

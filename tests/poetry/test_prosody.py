@@ -327,3 +327,27 @@ def test_corpus_command(tmp_path, capsys):
     assert rows["5x4"][:3] == ["2", "1", "(50.0%)"] and rows["5x4"][3] == "2"
     assert rows["5x8"][:2] == ["1", "1"] and rows["7x4"][:2] == ["1", "1"] and rows["7x8"][0] == "0"
     assert P.summarize(poems)["5x4"] == {"poems": 2, "meter": 1, "rhyme": 2}
+
+
+# --------------------------------------------------------------------------------------------
+# What generation uses besides: --rhyme pingshui's pseudo-template, the prefix's rhyme groups
+
+
+def test_rhyme_only_template_and_prefix_checks():
+    t = P.rhyme_only("5x8")
+    assert t.n_rhymes == 4 and set(np.flatnonzero(t.codes.ravel())) == {9, 19, 29, 39}
+    assert P.check_rhyme(JING_YE_SI)[0]
+    assert P.rhyme_misfit("5x4", "白日依山尽，黄河入海流。") is None
+    assert "'石' (line 2, position 5) is 仄" in P.rhyme_misfit("5x4", "白日依山尽，黄河入海石。")
+    assert "押韵" in P.rhyme_misfit("5x4", "白日依山尽，黄河入海流。欲穷千里目，更上一层山。")
+    you = 1 << P.group_names().index("下平声十一尤")
+    assert P.given_rhyme_groups(t, "5x8", "白日依山尽，黄河入海流。") == you
+    assert P.given_rhyme_groups(ZHI_QI_BU_RU_YUN_5x4, "5x4", "白日依山尽，") == P.ALL_GROUPS
+
+
+def test_show_poem_under_a_given_template():
+    # 登鹳雀楼 under 平起入韵 instead of its best template: the broken rules are marked.
+    other = P.template_index("5x4", "平起入韵")
+    shown = P.show_poem(DENG_GUAN_QUE_LOU, [other])
+    assert "5x4 平起入韵" in shown and "✗" in shown and "格律: line 1" in shown
+    assert "格律: passes" in P.show_poem(DENG_GUAN_QUE_LOU, [ZHI_QI_BU_RU_YUN_5x4])
