@@ -1,4 +1,4 @@
-"""Output layer and cross-entropy in one pass over row chunks, never holding the ``(N, V)`` logits.
+r"""Output layer and cross-entropy in one pass over row chunks, never holding the ``(N, V)`` logits.
 
 For the poetry model the output layer (256 -> 8,711) is about 70% of a training step's FLOPs, and
 the plain form, ``logits = h @ W + b`` then ``log_softmax``, writes ``N x V`` floats (290 MB for a
@@ -48,7 +48,8 @@ def _chunk_terms(h, w, b, t):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def linear_cross_entropy(h, w, b, targets, weights, chunk=CHUNK):
+def linear_cross_entropy(h: jax.Array, w: jax.Array, b: jax.Array, targets: jax.Array, weights: jax.Array,
+                         chunk: int = CHUNK) -> jax.Array:
     """``sum_n weights[n] * CE(h[n] @ w + b, targets[n])`` for ``h`` ``(N, D)``, ``w`` ``(D, V)``.
 
     Differentiable in ``h``, ``w`` and ``b`` (``weights`` is treated as a constant mask/scale).

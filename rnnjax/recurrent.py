@@ -6,7 +6,8 @@ Pure functions over the flat dict of torch-named arrays (``weight_ih_l0``, ``bia
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -91,12 +92,14 @@ def check_config(cfg: Config) -> None:
         )
 
 
-def _layer_params(params, layer, direction):
+def _layer_params(params: Mapping[str, jax.Array], layer: int, direction: int) -> dict[str, jax.Array]:
     s = suffix(layer, direction)
     return {k[: -len(s)]: v for k, v in params.items() if k.endswith(s)}
 
 
-def scan_direction(mode, p, x, carry, *, mask=None, reverse=False, unroll=1):
+def scan_direction(mode: str, p: Mapping[str, jax.Array], x: jax.Array, carry: Any, *,
+                   mask: jax.Array | None = None, reverse: bool = False, unroll: int = 1
+                   ) -> tuple[jax.Array, Any]:
     """One direction of one layer. ``x`` is ``(T, B, I)``; ``mask`` ``(T, B)`` marks valid steps.
 
     Where a step is masked the carry passes through unchanged and the output is zero. That one
@@ -149,16 +152,16 @@ def scan_direction(mode, p, x, carry, *, mask=None, reverse=False, unroll=1):
     return ys, carry
 
 
-def _shape_str(shape):
+def _shape_str(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(int(s)) for s in shape) + ")"
 
 
-def _check_hidden(name, h, expected):
+def _check_hidden(name: str, h: jax.Array, expected: tuple[int, ...]) -> None:
     if tuple(h.shape) != tuple(expected):
         raise ValueError(f"Expected {name} size {_shape_str(expected)}, got {_shape_str(h.shape)}")
 
 
-def _check_lengths(lengths, batch, steps):
+def _check_lengths(lengths: Any, batch: int, steps: int) -> jax.Array:
     lengths = jnp.asarray(lengths)
     if lengths.ndim != 1 or lengths.shape[0] != batch:
         raise ValueError(
@@ -177,15 +180,40 @@ def _check_lengths(lengths, batch, steps):
     return lengths
 
 
-def apply(cfg: Config, params, x, hx=None, *, lengths=None, dropout_key=None, unroll=1):
-    """``torch.nn.{RNN,LSTM,GRU}.forward`` on torch-named ``params``.
+def apply(cfg: Config, params: Mapping[str, jax.Array], x: jax.Array,
+          hx: jax.Array | tuple[jax.Array, jax.Array] | None = None, *, lengths: jax.Array | None = None,
+          dropout_key: jax.Array | None = None, unroll: int = 1) -> tuple[jax.Array, Any]:
+    """``torch.nn.{RNN,LSTM,GRU}.forward`` on torch-named ``params``, as a pure function.
 
-    Returns ``(output, h_n)`` for RNN/GRU and ``(output, (h_n, c_n))`` for LSTM, shapes as torch's:
-    ``output`` is ``(T, B, D*H_out)`` (``(B, T, ...)`` if batch_first, ``(T, ...)`` unbatched),
-    ``h_n`` is ``(num_layers*D, B, H_out)`` whatever ``batch_first`` says.
-    ``lengths`` gives ``pad_packed_sequence(total_length=T)`` of the module run on
-    ``pack_padded_sequence(x, lengths, enforce_sorted=False)``.
-    ``dropout_key`` turns on dropout between layers (training mode); ``None`` means evaluation.
+    Arguments:
+        cfg: the layer's settings.
+        params: arrays named and shaped as in torch's state dict, see :func:`param_shapes`.
+        x: ``(T, B, I)``, ``(B, T, I)`` if ``cfg.batch_first``, or ``(T, I)`` unbatched.
+        hx: ``h_0`` ``(num_layers*D, B, H_out)``, or ``(h_0, c_0)`` for an LSTM; zeros if ``None``.
+        lengths: ``(B,)``: gives ``pad_packed_sequence(total_length=T)`` of the module run on
+            ``pack_padded_sequence(x, lengths, enforce_sorted=False)``.
+        dropout_key: turns on dropout between layers (training mode); ``None`` means evaluation.
+        unroll: ``lax.scan``'s.
+
+    Returns:
+        ``(output, h_n)`` for RNN/GRU and ``(output, (h_n, c_n))`` for LSTM, shapes as torch's:
+        ``output`` is ``(T, B, D*H_out)`` (``(B, T, ...)`` if batch_first, ``(T, ...)`` unbatched),
+        ``h_n`` is ``(num_layers*D, B, H_out)`` whatever ``batch_first`` says.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from rnnjax import recurrent
+    >>> cfg = recurrent.Config("GRU", input_size=3, hidden_size=4, num_layers=2)
+    >>> recurrent.param_shapes(cfg)["weight_ih_l1"]
+    (12, 4)
+    >>> keys = jax.random.split(jax.random.key(0), 8)
+    >>> params = {name: 0.1 * jax.random.normal(k, shape)
+    ...           for k, (name, shape) in zip(keys, recurrent.param_shapes(cfg).items())}
+    >>> output, h_n = recurrent.apply(cfg, params, jnp.ones((6, 2, 3)))
+    >>> output.shape, h_n.shape
+    ((6, 2, 4), (2, 2, 4))
+    >>> output, h_n = jax.jit(recurrent.apply, static_argnums=0)(cfg, params, jnp.ones((6, 2, 3)))
+    >>> output.shape
+    (6, 2, 4)
     """
     x = jnp.asarray(x)
     if x.ndim not in (2, 3):

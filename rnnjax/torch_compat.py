@@ -6,19 +6,20 @@ torch itself is never imported: a tensor is recognised by its ``detach`` method,
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
 
-def to_numpy(value) -> np.ndarray:
+def to_numpy(value: Any) -> np.ndarray:
     """A torch tensor (any device, with or without grad), a JAX array or an array-like -> ndarray."""
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
     return np.asarray(value)
 
 
-def load_state_dict(variables: Mapping[str, object], state_dict: Mapping[str, object], *, owner: str) -> None:
+def load_state_dict(variables: Mapping[str, Any], state_dict: Mapping[str, Any], *, owner: str) -> None:
     """Strictly copy ``state_dict`` into ``variables`` (name -> ``nnx.Variable``).
 
     Every check runs before the first assignment, so a bad state dict leaves the module as it was.
@@ -47,6 +48,6 @@ def load_state_dict(variables: Mapping[str, object], state_dict: Mapping[str, ob
         var.set_value(arrays[name])
 
 
-def state_dict(variables: Mapping[str, object]) -> dict[str, np.ndarray]:
+def state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Parameters as a dict of NumPy arrays, keyed and shaped exactly as torch's ``state_dict``."""
     return {name: np.array(var.get_value()) for name, var in variables.items()}

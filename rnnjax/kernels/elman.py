@@ -4,11 +4,7 @@ The same plan as ``lstm``: the forward loop keeps only the outputs, the backward
 only ``dh`` and emits each step's pre-activation gradient ``dz``, and the weight gradients are
 single large matmuls after the loop (autodiff of ``lax.scan`` would accumulate ``dW_hh`` step by
 step and save residuals op by op). Both nonlinearities have derivatives that are functions of their
-output, so the outputs are the only residual:
-
-.. math::
-    h' = \phi(W_{ih} x + W_{hh} h + b), \qquad
-    \phi' = 1 - h'^2 \ (\tanh), \quad [h' > 0] \ (\mathrm{ReLU})
+output, so the outputs are the only residual (see ``_bwd``).
 """
 from __future__ import annotations
 
@@ -17,17 +13,17 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from rnnjax.cells import ELMAN_ACTIVATIONS
 from rnnjax.kernels.common import loop_buffer, previous_outputs, step_inputs, weight_grad
-
-ACTIVATIONS = {"RNN_TANH": jnp.tanh, "RNN_RELU": jax.nn.relu}
 
 
 def _derivative(mode, y):
+    """The activation's derivative from its output ``y``: ``1 - y^2`` (tanh), ``[y > 0]`` (ReLU)."""
     return 1 - y * y if mode == "RNN_TANH" else (y > 0).astype(y.dtype)
 
 
 def _forward(mode, reverse, unroll, w_ih, w_hh, b, x, h0, mask, *, save):
-    act = ACTIVATIONS[mode]
+    act = ELMAN_ACTIVATIONS[mode]
     gx = x @ w_ih.T
     w_hh_t = w_hh.T
 
@@ -46,10 +42,13 @@ def _forward(mode, reverse, unroll, w_ih, w_hh, b, x, h0, mask, *, save):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def elman_direction(mode, reverse, unroll, w_ih, w_hh, b, x, h0, mask):
+def elman_direction(mode: str, reverse: bool, unroll: int, w_ih: jax.Array, w_hh: jax.Array,
+                    b: jax.Array, x: jax.Array, h0: jax.Array, mask: jax.Array | None
+                    ) -> tuple[jax.Array, jax.Array]:
     """An RNN direction over ``x`` ``(T, B, I)``; returns ``(ys, h_n)``.
 
-    ``mode`` is ``"RNN_TANH"`` or ``"RNN_RELU"``, ``b`` is ``b_ih + b_hh``; ``mask`` as in
+    Each step is ``h' = cells.ELMAN_ACTIVATIONS[mode](W_ih x_t + W_hh h + b)``. ``mode`` is
+    ``"RNN_TANH"`` or ``"RNN_RELU"``, ``b`` is ``b_ih + b_hh``; ``mask`` as in
     ``lstm.lstm_direction`` (``None``: every step valid).
     """
     return _forward(mode, reverse, unroll, w_ih, w_hh, b, x, h0, mask, save=False)
@@ -62,6 +61,19 @@ def _fwd(mode, reverse, unroll, w_ih, w_hh, b, x, h0, mask):
 
 
 def _bwd(mode, reverse, unroll, res, cts):
+    r"""The derivative of the step :math:`h' = \phi(z)`, :math:`z = W_{ih} x + W_{hh} h + b`, step by
+    step backwards. With :math:`\delta_{h'}` the step's output gradient plus the ``dh`` carried from
+    the step after (zero where masked):
+
+    .. math::
+        \partial z = \delta_{h'} \, \phi'(z), \quad
+        \phi' = 1 - h'^2 \ (\tanh), \quad [h' > 0] \ (\mathrm{ReLU}), \qquad
+        \delta_h = \partial z \, W_{hh}
+
+    and after the loop :math:`\partial W_{ih} = \partial z^T x`,
+    :math:`\partial W_{hh} = \partial z^T h_{prev}`, :math:`\partial b = \sum \partial z`,
+    :math:`\partial x = \partial z \, W_{ih}`.
+    """
     w_ih, w_hh, x, h0, mask, ys, hs = res
     dys, dh_n = cts
 

@@ -3,16 +3,8 @@
 The same plan as ``lstm``: the forward loop saves only what the backward needs, the backward
 loop carries only ``dh`` and emits each step's gate gradients, and every weight gradient is one
 large matmul after the loop. The GRU differs in that ``b_hn`` sits inside the reset gate's product,
-so the input side and the hidden side of the gates get different gradients in the ``n`` block:
-
-.. math::
-    \bar n = \delta_{h'} (1 - z) (1 - n^2), \qquad
-    \partial(W_{in} x) = \bar n, \qquad \partial(W_{hn} h + b_{hn}) = r \bar n, \\
-    \partial(\cdot_r) = \bar n \, (W_{hn} h + b_{hn}) \, r (1 - r), \qquad
-    \partial(\cdot_z) = \delta_{h'} (h - n) \, z (1 - z), \qquad
-    \delta_h = \delta_{h'} z + \partial(W_{hh} h) W_{hh}
-
-where :math:`\delta_{h'}` is the step's output gradient plus the one carried from the step after.
+so the input side and the hidden side of the gates get different gradients in the ``n`` block
+(the equations are in ``_bwd``'s docstring).
 """
 from __future__ import annotations
 
@@ -21,8 +13,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rnnjax.kernels.common import (loop_buffer, previous_outputs, project, sigmoid, step_inputs,
-                               weight_grad)
+from rnnjax.cells import gru_pointwise
+from rnnjax.kernels.common import loop_buffer, previous_outputs, project, step_inputs, weight_grad
 
 
 def _forward(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask, *, save):
@@ -34,11 +26,10 @@ def _forward(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask, *, save):
 
     def body(h, inp):
         hw = h @ w_hh_t
-        r = sigmoid(inp[0] + hw[:, :hidden] + b_r)
-        z = sigmoid(inp[1] + hw[:, hidden:2 * hidden] + b_z)
+        zr = inp[0] + hw[:, :hidden] + b_r
+        zz = inp[1] + hw[:, hidden:2 * hidden] + b_z
         hn = hw[:, 2 * hidden:] + bh[2]
-        n = jnp.tanh(inp[2] + bi[2] + r * hn)
-        h_new = (1 - z) * n + z * h
+        h_new, (r, z, n) = gru_pointwise(zr, zz, inp[2] + bi[2], hn, h)
         if mask is None:
             return h_new, ((h_new, r, z, n, hn) if save else h_new)
         m = inp[3][:, None]
@@ -51,11 +42,13 @@ def _forward(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask, *, save):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def gru_direction(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask):
+def gru_direction(reverse: bool, unroll: int, w_ih: jax.Array, w_hh: jax.Array, b_ih: jax.Array,
+                  b_hh: jax.Array, x: jax.Array, h0: jax.Array, mask: jax.Array | None
+                  ) -> tuple[jax.Array, jax.Array]:
     """A GRU direction over ``x`` ``(T, B, I)``; returns ``(ys, h_n)``.
 
-    Gates in torch's order ``r, z, n`` (see ``cells.gru_step``); ``mask`` as in
-    ``lstm.lstm_direction`` (``None``: every step valid).
+    Each step is :func:`rnnjax.cells.gru_pointwise` (gates in torch's order ``r, z, n``); ``mask``
+    as in ``lstm.lstm_direction`` (``None``: every step valid).
     """
     return _forward(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask, save=False)
 
@@ -68,6 +61,22 @@ def _fwd(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask):
 
 
 def _bwd(reverse, unroll, res, cts):
+    r"""The derivative of :func:`rnnjax.cells.gru_pointwise` and the matmuls around it, step by step
+    backwards. With :math:`\delta_{h'}` the step's output gradient plus the ``dh`` carried from the
+    step after (zero where masked), and :math:`h_n = W_{hn} h + b_{hn}`:
+
+    .. math::
+        \bar n = \delta_{h'} (1 - z) (1 - n^2), \qquad
+        \partial(W_{in} x + b_{in}) = \bar n, \qquad \partial h_n = r \bar n, \\
+        \partial z_r = \bar n \, h_n \, r (1 - r), \qquad
+        \partial z_z = \delta_{h'} (h - n) \, z (1 - z), \qquad
+        \delta_h = \delta_{h'} z + \partial(W_{hh} h)\, W_{hh}
+
+    where the input side's gradients are ``dgx = [dz_r, dz_z, n̄]`` and the hidden side's
+    ``dgh = [dz_r, dz_z, r n̄]``; after the loop :math:`\partial W_{ih} = dgx^T x`,
+    :math:`\partial W_{hh} = dgh^T h_{prev}`, :math:`\partial x = dgx\, W_{ih}`, and the biases get
+    the sums over steps and batch.
+    """
     w_ih, w_hh, x, mask, hs, r, z, n, hn = res
     dys, dh_n = cts
     h_prev = previous_outputs(reverse, *hs) if mask is None else hs

@@ -12,6 +12,9 @@ The layout choices below are measured on XLA:CPU, where they decide most of the 
   slower than one that reads whole slices of separate arrays.
 * ``b_ih + b_hh`` is added inside the step, where the recurrent matmul's output is read anyway,
   instead of in a separate pass over the ``(T, B, 4H)`` projection.
+* ``cells.sigmoid`` is ``0.5 * tanh(0.5 x) + 0.5``, which XLA:CPU vectorises better than its logistic.
+* The step's math is :func:`rnnjax.cells.lstm_pointwise`, the same function the cells call; it is
+  traced into the loop body, so the compiled loop is the one the hand-inlined gates gave.
 * Weight gradients are computed as ``x^T @ dgates`` (contracting the leading axis of both) and
   transposed afterwards behind an optimization barrier; XLA would otherwise rewrite them into
   ``dgates^T @ x``, which copies the large ``dgates`` into a transposed layout first.
@@ -23,13 +26,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rnnjax.kernels.common import (loop_buffer, previous_outputs, project, sigmoid, step_inputs,
-                                    weight_grad)
-
-
-def _gates(gx, hw, b, hidden):
-    z = [gx[k] + hw[:, k * hidden:(k + 1) * hidden] + b[k] for k in range(4)]
-    return sigmoid(z[0]), sigmoid(z[1]), jnp.tanh(z[2]), sigmoid(z[3])
+from rnnjax.cells import lstm_pointwise
+from rnnjax.kernels.common import loop_buffer, previous_outputs, project, step_inputs, weight_grad
 
 
 def _forward(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask, *, save):
@@ -40,9 +38,9 @@ def _forward(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask, *, save):
 
     def body(carry, inp):
         h, c = carry
-        i, f, g, o = _gates(inp[:4], h @ w_hh_t, bs, hidden)
-        c_new = f * c + i * g
-        h_new = o * jnp.tanh(c_new)
+        hw = h @ w_hh_t
+        z = [inp[k] + hw[:, k * hidden:(k + 1) * hidden] + bs[k] for k in range(4)]
+        h_new, c_new, (i, f, g, o) = lstm_pointwise(*z, c)
         if mask is None:
             # Without a mask h_prev is the previous step's output, so it is not saved again.
             return (h_new, c_new), ((h_new, c, i, f, g, o) if save else h_new)
@@ -57,17 +55,16 @@ def _forward(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask, *, save):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def lstm_direction(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask):
-    r"""An LSTM direction over ``x`` ``(T, B, I)``; returns ``(ys, h_n, c_n)``.
+def lstm_direction(reverse: bool, unroll: int, w_ih: jax.Array, w_hh: jax.Array, b: jax.Array,
+                   x: jax.Array, h0: jax.Array, c0: jax.Array, mask: jax.Array | None
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """An LSTM direction over ``x`` ``(T, B, I)``; returns ``(ys, h_n, c_n)``.
 
+    Each step is :func:`rnnjax.cells.lstm_pointwise` of ``split_4(W_ih x_t + W_hh h + b)``.
     ``unroll`` is ``lax.scan``'s, for the forward and the backward loop.
     ``b`` is ``b_ih + b_hh`` (``4H``); ``mask`` ``(T, B)`` marks valid steps: where it is false the
     carry passes through and the output is zero (packed-sequence semantics, see ``recurrent``);
     ``None`` means every step is valid.
-    Per step, with :math:`i, f, g, o = \mathrm{split}_4(W_{ih} x_t + W_{hh} h + b)`:
-
-    .. math::
-        c' = \sigma(f) c + \sigma(i) \tanh(g), \qquad h' = \sigma(o) \tanh(c')
     """
     ys, h_n, c_n = _forward(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask, save=False)
     return ys, h_n, c_n
@@ -81,13 +78,29 @@ def _fwd(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask):
 
 
 def _bwd(reverse, unroll, res, cts):
+    r"""The derivative of :func:`rnnjax.cells.lstm_pointwise` and the matmuls around it, step by step
+    backwards. With :math:`\delta_{h'}` the step's output gradient plus the ``dh`` carried from the
+    step after (zero where masked) and :math:`\delta_c` the carried ``dc``:
+
+    .. math::
+        \delta_{c'} = \delta_c + \delta_{h'}\, o\, (1 - \tanh^2 c') \\
+        \partial z_i = \delta_{c'}\, g\, i (1 - i), \quad
+        \partial z_f = \delta_{c'}\, c\, f (1 - f), \quad
+        \partial z_g = \delta_{c'}\, i\, (1 - g^2), \quad
+        \partial z_o = \delta_{h'} \tanh(c')\, o (1 - o) \\
+        \delta_h = \partial z\, W_{hh}, \qquad \delta_c \leftarrow \delta_{c'} f
+
+    and after the loop, over all steps at once: :math:`\partial W_{ih} = \partial z^T x`,
+    :math:`\partial W_{hh} = \partial z^T h_{prev}`, :math:`\partial b = \sum \partial z`,
+    :math:`\partial x = \partial z\, W_{ih}`. Where a step is masked, ``dh`` and ``dc`` pass through.
+    """
     w_ih, w_hh, x, mask, hs, cs, i, f, g, o = res
     dys, dh_n, dc_n = cts
 
     def body(carry, inp):
         dh, dc, db, dgates_all = carry
         t, dy, m, (c_prev, i, f, g, o) = step_inputs(inp, mask is not None)
-        c_new = f * c_prev + i * g  # recomputed: cheaper than saving tanh(c') per step
+        c_new = f * c_prev + i * g  # c' recomputed: cheaper than saving tanh(c') per step
         tc = jnp.tanh(c_new)
         dh_new = jnp.where(m, dh + dy, 0)
         dc_new = jnp.where(m, dc, 0) + dh_new * o * (1 - tc * tc)
