@@ -7,7 +7,7 @@ import sys
 COMMANDS = {
     "data": ("rnnjax.poetry.data.__main__", "fetch, clean and encode the corpus into data/tang.npz"),
     "evaluate": ("rnnjax.poetry.evaluate", "validation perplexity and generation quality of a checkpoint"),
-    "export": ("rnnjax.poetry.export", "ship a trained checkpoint, in half precision when quality holds"),
+    "export": ("rnnjax.poetry.export", "ship a checkpoint (half precision when quality holds); import or export a torch .pth"),
     "meter": ("rnnjax.poetry.prosody", "格律 of the corpus's 绝句 and 律诗 (or of one poem, --poem) after 平水韵"),
 }
 

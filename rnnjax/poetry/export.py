@@ -9,11 +9,11 @@ into place at the end, so an interrupted export leaves nothing half-written.
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 from pathlib import Path
 
+from rnnjax.poetry.config import DEFAULT_DATA
 from rnnjax.poetry.errors import UserError, cli_main
 
 CANDIDATES = ("float16", "bfloat16")
@@ -23,7 +23,7 @@ def _folder_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
-def export(checkpoint, out, data="data/tang.npz", tolerance=0.005, say=print) -> tuple[str, dict]:
+def export(checkpoint, out, data=DEFAULT_DATA, tolerance=0.005, say=print) -> tuple[str, dict]:
     """Returns (dtype kept, {dtype: perplexity})."""
     from rnnjax.poetry.checkpoint import export_model, load_model
     from rnnjax.poetry.evaluate import validation_perplexity

@@ -18,15 +18,18 @@ keeps its own ``gru.*``/``rnn.*`` prefix) and the vocabulary beside it as ``FILE
 from __future__ import annotations
 
 import json
-import os
+import pickle
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
+from rnnjax.poetry.config import ModelConfig
 from rnnjax.poetry.errors import UserError
+from rnnjax.poetry.files import atomic_write
 
 TORCH_CPU_INSTALL = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # row blocks of weight_hh: torch's gate count per cell
@@ -62,14 +65,24 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     torch = import_torch()
+    with open(path, "rb") as f:
+        head = f.read(1)
+    if not zipfile.is_zipfile(path) and head != b"\x80":  # torch.save writes a zip, or (legacy) a pickle
+        raise UserError(f"{path}: not a file written by torch.save")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, RuntimeError (not a zip), EOFError, ...: torch raises many
-        raise UserError(f"{path}: not a torch state dict that torch.load(weights_only=True) can read "
-                        f"({_first_line(e)})") from None
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise UserError(f"{path}: unreadable torch file ({_first_line(e)})") from None
+        raise UserError(f"{path} holds Python objects besides tensors (a whole pickled model?), which "
+                        f"torch.load(weights_only=True) will not run; save net.state_dict() instead") from None
+    except Exception as e:  # RuntimeError (damaged zip), EOFError, struct.error, ...: torch raises many
+        raise UserError(f"{path}: unreadable torch file ({type(e).__name__}: {_first_line(e)})") from None
     if not isinstance(obj, dict) or not obj:
         raise UserError(f"{path}: holds a {type(obj).__name__}, not a state dict (a dict of tensors, "
                         f"as torch.save(net.state_dict(), path) writes)")
+    if all(isinstance(k, str) and k.startswith("module.") for k in obj):  # saved from nn.DataParallel
+        obj = {k[len("module."):]: v for k, v in obj.items()}
     out = {}
     for k, v in obj.items():
         if not isinstance(k, str) or not isinstance(v, torch.Tensor):
@@ -84,8 +97,8 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
 # ---- the Net's shape from its state dict ---------------------------------------------------------
 
 
-def infer_shape(sd: dict[str, np.ndarray], vocab_size: int | None = None, source="state dict") -> dict:
-    """{cell, vocab_size, embedding_dim, hidden_dim, num_layers} of the tutorial-style Net behind ``sd``.
+def infer_shape(sd: dict[str, np.ndarray], vocab_size: int | None = None, source="state dict") -> ModelConfig:
+    """The ModelConfig (cell, sizes, layers; no dropout) of the tutorial-style Net behind ``sd``.
 
     Only what decides the shape is checked here; `build_from_state_dict` then checks every key and
     shape. UserError naming the key when ``sd`` is not such a Net or does not fit ``vocab_size``.
@@ -132,29 +145,27 @@ def infer_shape(sd: dict[str, np.ndarray], vocab_size: int | None = None, source
             layers.append(int(idx))
     num_layers = len(layers)
     if sorted(layers) != list(range(num_layers)):
-        gap = min(set(range(max(layers) + 1)) - set(layers))
+        gap = min(set(range(max(layers, default=0) + 1)) - set(layers))
         raise UserError(f"{not_net}: missing key {prefix}.weight_ih_l{gap}")
-    return {"cell": cell, "vocab_size": int(emb.shape[0]), "embedding_dim": int(emb.shape[1]),
-            "hidden_dim": int(hidden), "num_layers": num_layers}
+    return ModelConfig(vocab_size=int(emb.shape[0]), embedding_dim=int(emb.shape[1]), hidden_dim=int(hidden),
+                       num_layers=num_layers, cell=cell)
 
 
 def build_from_state_dict(sd: dict[str, np.ndarray], vocab_size: int | None = None, source="state dict"):
-    """(PoetryModel holding ``sd``'s weights, its shape dict); UserError naming the first key that does not fit."""
+    """(PoetryModel holding ``sd``'s weights, its ModelConfig); UserError naming the first key that does not fit."""
     from flax import nnx
 
     from rnnjax.poetry.model import PoetryModel
 
     shape = infer_shape(sd, vocab_size, source)
-    model = PoetryModel(shape["vocab_size"], shape["embedding_dim"], shape["hidden_dim"], shape["num_layers"],
-                        shape["cell"], rngs=nnx.Rngs(0))
+    model = PoetryModel.from_config(shape, rngs=nnx.Rngs(0))
     expected = model.torch_state_dict()
     prefix = next(k.split(".", 1)[0] for k in sd if k.split(".", 1)[0] in GATES)
-    given = {(f"{shape['cell']}.{k[len(prefix) + 1:]}" if k.startswith(prefix + ".") else k): k for k in sd}
-    what = (f"a {shape['num_layers']}-layer {_NAMES[shape['cell']]} Net with embedding {shape['embedding_dim']}, "
-            f"hidden {shape['hidden_dim']}")
+    given = {(f"{shape.cell}.{k[len(prefix) + 1:]}" if k.startswith(prefix + ".") else k): k for k in sd}
+    what = describe(shape)
     missing = [k for k in expected if k not in given]
     if missing:
-        shown = missing[0].replace(f"{shape['cell']}.", f"{prefix}.", 1)
+        shown = missing[0].replace(f"{shape.cell}.", f"{prefix}.", 1)
         raise UserError(f"{source} is not the tutorial's Net: missing key {shown} (for {what})")
     unexpected = sorted(given[k] for k in given if k not in expected)
     if unexpected:
@@ -175,14 +186,10 @@ def build_from_state_dict(sd: dict[str, np.ndarray], vocab_size: int | None = No
 # ---- import ----------------------------------------------------------------------------------------
 
 
-def _checkpoint_config(vocab, vocab_npz: Path, pth: Path, shape: dict) -> Any:
-    from rnnjax.poetry.data import fingerprint
-
-    return {
-        **shape, "dropout": 0.0, "vocab": list(vocab.itos),
-        "data_fingerprint": fingerprint(vocab_npz), "data_path": str(vocab_npz),
-        "flags": {"imported_from": str(pth)},
-    }
+def describe(shape: ModelConfig) -> str:
+    """'a 2-layer LSTM with embedding 128, hidden 256'."""
+    return (f"a {shape.num_layers}-layer {_NAMES[shape.cell]} with embedding {shape.embedding_dim}, "
+            f"hidden {shape.hidden_dim}")
 
 
 def import_checkpoint(pth, vocab_npz, out, trust_pickle: bool = False, say: Callable = print) -> Path:
@@ -190,8 +197,8 @@ def import_checkpoint(pth, vocab_npz, out, trust_pickle: bool = False, say: Call
 
     Nothing is written unless everything checks out: the folder is built beside ``out`` and renamed.
     """
-    from rnnjax.poetry.checkpoint import export_model
-    from rnnjax.poetry.data import load_npz
+    from rnnjax.poetry.checkpoint import config_record, export_model
+    from rnnjax.poetry.data import fingerprint, load_npz
 
     pth, vocab_npz, out = Path(pth), Path(vocab_npz), Path(out)
     if out.exists():
@@ -199,7 +206,7 @@ def import_checkpoint(pth, vocab_npz, out, trust_pickle: bool = False, say: Call
     _, vocab = load_npz(vocab_npz, trust_pickle=trust_pickle)
     sd = read_state_dict(pth)
     model, shape = build_from_state_dict(sd, len(vocab), source=str(pth))
-    config = _checkpoint_config(vocab, vocab_npz, pth, shape)
+    config = config_record(shape, vocab, fingerprint(vocab_npz), vocab_npz, {"imported_from": str(pth)})
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -209,9 +216,20 @@ def import_checkpoint(pth, vocab_npz, out, trust_pickle: bool = False, say: Call
         (work / "model").rename(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    say(f"imported a {shape['num_layers']}-layer {_NAMES[shape['cell']]} (embedding {shape['embedding_dim']}, "
-        f"hidden {shape['hidden_dim']}, vocabulary {shape['vocab_size']:,}) from {pth}; wrote {out}")
+    say(f"imported {describe(shape)}, vocabulary {shape.vocab_size:,} from {pth}; wrote {out}")
+    if _is_tutorial_pickle(vocab_npz):
+        say(f"note: the evaluate command reads the converted corpus, not the pickled one; for its data check "
+            f"to match, convert first (python -m rnnjax.poetry data --import-tutorial {vocab_npz} --trust-pickle) "
+            f"and import with --vocab data/tang.npz")
     return out
+
+
+def _is_tutorial_pickle(npz: Path) -> bool:
+    try:
+        with zipfile.ZipFile(npz) as z:
+            return bool({"word2ix.npy", "ix2word.npy"} & set(z.namelist()))
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 # ---- export ----------------------------------------------------------------------------------------
@@ -222,24 +240,6 @@ def vocab_json_path(pth) -> Path:
     return Path(pth).with_suffix(".vocab.json")
 
 
-def _atomic_write(path: Path, write: Callable) -> None:
-    """``write(binary file)`` into a temporary file beside ``path``, fsync, rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private; give it a normal file's mode
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_checkpoint(checkpoint, pth, say: Callable = print) -> tuple[Path, Path]:
     """Write ``pth`` (the Net's state dict, float32 torch tensors) and ``pth``'s ``.vocab.json``; both atomic."""
     from rnnjax.poetry.checkpoint import load_model
@@ -248,8 +248,6 @@ def export_checkpoint(checkpoint, pth, say: Callable = print) -> tuple[Path, Pat
     vocab_path = vocab_json_path(pth)
     if pth.is_dir() or vocab_path.is_dir():
         raise UserError(f"{pth if pth.is_dir() else vocab_path} is a folder; --to-torch takes a file name")
-    if vocab_path == pth:
-        raise UserError(f"--to-torch {pth}: choose a name ending in .pth, the vocabulary goes beside it as .vocab.json")
     torch = import_torch()
     model, vocab, _ = load_model(checkpoint)
     state = {k: torch.from_numpy(np.array(v, dtype=np.float32, order="C"))
@@ -260,9 +258,9 @@ def export_checkpoint(checkpoint, pth, say: Callable = print) -> tuple[Path, Pat
         "net": {"cell": model.cell, "vocab_size": model.vocab_size, "embedding_dim": model.embedding_dim,
                 "hidden_dim": model.hidden_dim, "num_layers": model.num_layers},
     }
-    text = json.dumps(vocab_doc, ensure_ascii=False, indent=1) + "\n"
-    _atomic_write(pth, lambda f: torch.save(state, f))
-    _atomic_write(vocab_path, lambda f: f.write(text.encode("utf-8")))
+    text = json.dumps(vocab_doc, ensure_ascii=False) + "\n"
+    atomic_write(pth, lambda f: torch.save(state, f))
+    atomic_write(vocab_path, lambda f: f.write(text.encode("utf-8")))
     say(f"wrote {pth} ({len(state)} tensors, {model.cell}.* keys) and {vocab_path} ({len(vocab):,} tokens)")
     if model.cell != "lstm" or model.num_layers != 2:
         say(f"note: the tutorial's Net is a 2-layer LSTM; this is a {model.num_layers}-layer "
