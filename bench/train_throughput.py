@@ -1,17 +1,24 @@
-"""Training throughput: our jit step vs the tutorial's PyTorch step, and vs this machine's matmul rate.
+"""Training throughput: our jit step (float32 and bfloat16) vs the tutorial's PyTorch step, side by side.
 
-    python bench/train_throughput.py            # full size: the tutorial's model, batch 128
-    python bench/train_throughput.py --quick    # tiny sizes, seconds (a smoke test of the script)
+    python bench/train_throughput.py                      # full size, both precisions and the tutorial
+    python bench/train_throughput.py --precision bfloat16 # one precision (and the tutorial)
+    python bench/train_throughput.py --quick              # tiny sizes, seconds (a smoke test of the script)
 
 Counts *real* tokens (non-padding targets) per second: the tutorial pads every poem to 125 and
 trains on the padding too; we batch by length buckets and mask the slack. FLOPs per token count
 matmuls only (forward = 2*(4H(E+H) + 4H(H+H)) + 2HV for a 2-layer LSTM; training ~ 3x forward).
+
+The sides take turns, batch by batch (float32 step, bfloat16 step, tutorial step, ...), so a load
+that comes and goes on a shared machine falls on all of them alike. Peak RSS is measured for each
+precision in a fresh process of its own (ru_maxrss is a per-process high-water mark). With both
+precisions the last line is ``bf16/float32: X.XXx; bf16/tutorial: Y.YYx`` (real tokens/s).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +29,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """This process's peak RSS in MB: VmHWM, which starts afresh at exec (ru_maxrss of a child keeps
+    its parent's high-water mark on Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def reset_peak_rss() -> None:
+    """Start VmHWM afresh at the current RSS (Linux >= 4.0; a no-op elsewhere)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def matmul_gflops(n: int, reps: int) -> float:
@@ -65,89 +87,125 @@ def corpus(args):
     return data, poems, v, 0, f"synthetic ({n} poems, vocabulary {v})"
 
 
-def bench_jax(poems, v, pad_id, args):
-    import jax
-    from flax import nnx
+class JaxSide:
+    """Our training step at one precision: its own parameters and optimizer state, the same batches."""
 
-    from rnnjax.poetry.data import BucketBatcher
-    from rnnjax.poetry.model import PoetryModel
-    from rnnjax.poetry.training import TRACES, make_optimizer, train_step
+    def __init__(self, poems, v, pad_id, args, precision):
+        import jax
+        from flax import nnx
 
-    model = PoetryModel(v, args.embedding_dim, args.hidden_dim, args.num_layers, rngs=nnx.Rngs(0))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    opt_state = make_optimizer(1e-3, 1.0).init(params)
-    batcher = BucketBatcher(poems, args.batch_size, seed=0, pad_id=pad_id)
-    batches = batcher.epoch(0)[: args.steps]
-    key, hyper = jax.random.key(0), (np.float32(1e-3), np.float32(1.0))
+        from rnnjax.poetry.data import BucketBatcher
+        from rnnjax.poetry.model import PoetryModel
+        from rnnjax.poetry.training import make_optimizer
 
-    def step(p, o, b):
-        p, o, loss, ok = train_step(p, o, rest, b.inputs, b.targets, b.mask, key, np.int32(0), *hyper,
-                                    graphdef=graphdef, dropout=False)
-        return p, o, float(loss)
+        model = PoetryModel(v, args.embedding_dim, args.hidden_dim, args.num_layers, rngs=nnx.Rngs(0))
+        self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
+        self.opt_state = make_optimizer(1e-3, 1.0).init(self.params)
+        self.batcher = BucketBatcher(poems, args.batch_size, seed=0, pad_id=pad_id)
+        self.batches = self.batcher.epoch(0)[: args.steps]
+        self.key, self.hyper = jax.random.key(0), (np.float32(1e-3), np.float32(1.0))
+        self.precision = precision
+        self.seen, self.compile_s, self.time, self.loss = set(), 0.0, 0.0, None
 
-    t = time.perf_counter()
-    seen = set()
-    for b in batches:  # compile every bucket length used below, untimed
-        if b.inputs.shape[0] not in seen:
-            seen.add(b.inputs.shape[0])
-            params, opt_state, _ = step(params, opt_state, b)
-    compile_s = time.perf_counter() - t
-    compiles = TRACES["train"]
-    t = time.perf_counter()
-    for b in batches:
-        params, opt_state, loss = step(params, opt_state, b)
-    dt = time.perf_counter() - t
-    real = sum(float(b.mask.sum()) for b in batches)
-    slots = sum(b.mask.size for b in batches)
-    assert TRACES["train"] == compiles, "recompiled after warm-up"
-    return dict(real_tok_s=real / dt, slot_tok_s=slots / dt, step_s=dt / len(batches), compiles=compiles,
-                compile_s=compile_s, buckets=batcher.bucket_lengths, padding=1 - real / slots,
-                lengths=sorted(seen), loss=loss)
+    def step(self, b):
+        from rnnjax.poetry.training import train_step
+
+        self.params, self.opt_state, loss, ok = train_step(
+            self.params, self.opt_state, self.rest, b.inputs, b.targets, b.mask, self.key, np.int32(0),
+            *self.hyper, graphdef=self.graphdef, dropout=False, precision=self.precision)
+        return float(loss)
+
+    def warm_up(self):
+        """Compile every bucket length used below, untimed."""
+        from rnnjax.poetry.training import TRACES
+
+        t = time.perf_counter()
+        for b in self.batches:
+            if b.inputs.shape[0] not in self.seen:
+                self.seen.add(b.inputs.shape[0])
+                self.step(b)
+        self.compile_s = time.perf_counter() - t
+        self.compiles = TRACES["train"]
+
+    def timed(self, i):
+        t = time.perf_counter()
+        self.loss = self.step(self.batches[i])
+        self.time += time.perf_counter() - t
+
+    def result(self):
+        real = sum(float(b.mask.sum()) for b in self.batches)
+        slots = sum(b.mask.size for b in self.batches)
+        return dict(real_tok_s=real / self.time, slot_tok_s=slots / self.time,
+                    step_s=self.time / len(self.batches),
+                    compile_s=self.compile_s, padding=1 - real / slots, lengths=sorted(self.seen), loss=self.loss)
 
 
-def bench_torch(data, v, pad_id, args):
+class TorchSide:
     """The tutorial's training step: Net on (124, B) slices of the 125-padded rows, CrossEntropyLoss
     over every position, Adam; plus clip_grad_norm_ so both sides do the same work."""
-    import torch
-    import torch.nn as nn
-    from tutorial_ref import Net
 
-    torch.set_num_threads(os.cpu_count())
-    torch.manual_seed(0)
+    def __init__(self, data, v, pad_id, args):
+        import torch
+        import torch.nn as nn
+        from tutorial_ref import Net
 
-    model = Net(v, args.embedding_dim, args.hidden_dim)
-    criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    rng = np.random.default_rng(0)
+        torch.set_num_threads(os.cpu_count())
+        torch.manual_seed(0)
+        self.torch, self.nn, self.data, self.pad_id = torch, nn, data, pad_id
+        self.model = Net(v, args.embedding_dim, args.hidden_dim)
+        self.criterion = nn.CrossEntropyLoss()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        rng = np.random.default_rng(0)
+        self.step(rng.choice(len(data), args.batch_size, replace=False))  # warm-up
+        self.batches = [rng.choice(len(data), args.batch_size, replace=False) for _ in range(args.torch_steps)]
+        self.time, self.real = 0.0, 0
+        self.slots = args.torch_steps * args.batch_size * (data.shape[1] - 1)
 
-    def step(rows):
-        batch = torch.from_numpy(data[rows]).long().transpose(0, 1).contiguous()
-        optimizer.zero_grad()
+    def step(self, rows):
+        batch = self.torch.from_numpy(self.data[rows]).long().transpose(0, 1).contiguous()
+        self.optimizer.zero_grad()
         inp, target = batch[:-1, :], batch[1:, :]
-        output, _ = model(inp)
-        loss = criterion(output, target.reshape(-1))
+        output, _ = self.model(inp)
+        loss = self.criterion(output, target.reshape(-1))
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        return int((target != pad_id).sum())
+        self.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        return int((target != self.pad_id).sum())
 
-    step(rng.choice(len(data), args.batch_size, replace=False))  # warm-up
-    batches = [rng.choice(len(data), args.batch_size, replace=False) for _ in range(args.torch_steps)]
-    t = time.perf_counter()
-    real = sum(step(rows) for rows in batches)
-    dt = time.perf_counter() - t
-    slots = args.torch_steps * args.batch_size * (data.shape[1] - 1)
-    return dict(real_tok_s=real / dt, slot_tok_s=slots / dt, step_s=dt / args.torch_steps)
+    def timed(self, i):
+        t = time.perf_counter()
+        self.real += self.step(self.batches[i])
+        self.time += time.perf_counter() - t
+
+    def result(self):
+        n = len(self.batches)
+        return dict(real_tok_s=self.real / self.time, slot_tok_s=self.slots / self.time, step_s=self.time / n)
+
+
+def peak_rss(precision: str, args) -> tuple[float, float]:
+    """Peak RSS (MB) of a fresh process that runs our training steps at `precision`: over its whole
+    life (compiling included), and over the steps after the warm-up (the step itself)."""
+    cmd = [sys.executable, __file__, "--rss-only", precision, "--steps", str(args.steps), "--data", args.data]
+    if args.quick:
+        cmd.append("--quick")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    whole, steps = out.strip().splitlines()[-1].split()
+    return float(whole), float(steps)
 
 
 def main():
-    from rnnjax.poetry.config import DEFAULT_DATA
+    from rnnjax.poetry.config import DEFAULT_DATA, PRECISIONS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     p.add_argument("--data", default=DEFAULT_DATA)
-    p.add_argument("--steps", type=int, default=12, help="timed JAX steps (after compiling)")
+    p.add_argument("--precision", choices=(*PRECISIONS, "both"), default="both",
+                   help="our step's precision; both: float32 and bfloat16 side by side")
+    p.add_argument("--steps", type=int, default=12, help="timed JAX steps per precision (after compiling)")
     p.add_argument("--torch-steps", type=int, default=6)
+    p.add_argument("--no-torch", action="store_true", help="skip the tutorial's step")
+    p.add_argument("--no-rss", action="store_true", help="skip the per-precision peak-RSS processes")
+    p.add_argument("--rss-only", choices=PRECISIONS, help=argparse.SUPPRESS)
     args = p.parse_args()
     full = dict(embedding_dim=128, hidden_dim=256, num_layers=2, batch_size=128, vocab=8293, max_len=125)
     quick = dict(embedding_dim=16, hidden_dim=32, num_layers=2, batch_size=16, vocab=300, max_len=40)
@@ -159,28 +217,61 @@ def main():
     import jax
 
     data, poems, v, pad_id, source = corpus(args)
+    if args.rss_only:  # the child process of peak_rss(): warm up, run the steps, print the high-water mark
+        side = JaxSide(poems, v, pad_id, args, args.rss_only)
+        side.warm_up()
+        with_compile = maxrss_mb()
+        reset_peak_rss()  # from here on: the steps, not XLA's compiler
+        for i in range(len(side.batches)):
+            side.timed(i)
+        print(with_compile, maxrss_mb())
+        return
+    precisions = list(PRECISIONS) if args.precision == "both" else [args.precision]
     print(f"data: {source}; model: LSTM {args.num_layers}x{args.hidden_dim}, embedding {args.embedding_dim}, "
           f"vocab {v}, batch {args.batch_size}; {os.cpu_count()} CPU cores, jax {jax.__version__} "
-          f"on {jax.devices()[0].platform}")
-    peak = matmul_gflops(512 if args.quick else 2048, 3 if args.quick else 10)
-    print(f"float32 matmul (jit jnp.dot, {512 if args.quick else 2048}^2): {peak:,.1f} GFLOP/s")
-    rss0 = maxrss_mb()
-    ours = bench_jax(poems, v, pad_id, args)
-    rss_jax = maxrss_mb()
+          f"on {jax.devices()[0].platform}; load average {os.getloadavg()[0]:.2f}")
+    n = 512 if args.quick else 2048
+    peak = matmul_gflops(n, 3 if args.quick else 10)
+    print(f"float32 matmul (jit jnp.dot, {n}^2): {peak:,.1f} GFLOP/s")
+    ours = {prec: JaxSide(poems, v, pad_id, args, prec) for prec in precisions}
+    for side in ours.values():
+        side.warm_up()
+    ref = None if args.no_torch else TorchSide(data, v, pad_id, args)
+    # Take turns, batch by batch, so that each side sees the same machine load.
+    for i in range(max(args.steps, 0 if ref is None else args.torch_steps)):
+        for side in ours.values():
+            if i < args.steps:
+                side.timed(i)
+        if ref is not None and i < args.torch_steps:
+            ref.timed(i)
     fpt = flops_per_token(args.embedding_dim, args.hidden_dim, v, args.num_layers)
-    print(f"ours:  {ours['real_tok_s']:,.0f} real tokens/s ({ours['step_s']:.3f} s/step over {args.steps} "
-          f"steps, bucket lengths used {ours['lengths']}, {ours['padding']:.1%} padding in them); "
-          f"{ours['compiles']} compiles ({ours['compile_s']:.1f} s), none after warm-up")
-    print(f"       {fpt / 1e6:.2f} MFLOP/token (train) -> {fpt * ours['slot_tok_s'] / 1e9:,.1f} GFLOP/s executed "
-          f"= {fpt * ours['slot_tok_s'] / 1e9 / peak:.0%} of matmul rate "
-          f"({fpt * ours['real_tok_s'] / 1e9 / peak:.0%} counting real tokens only)")
-    print(f"       peak RSS {rss_jax:,.0f} MB (before the JAX step: {rss0:,.0f} MB)")
-    ref = bench_torch(data, v, pad_id, args)
-    print(f"torch: {ref['real_tok_s']:,.0f} real tokens/s ({ref['step_s']:.3f} s/step, padded to "
-          f"{data.shape[1]}; {ref['slot_tok_s']:,.0f} tokens/s counting padding = "
-          f"{fpt * ref['slot_tok_s'] / 1e9 / peak:.0%} of matmul rate); peak RSS so far {maxrss_mb():,.0f} MB")
-    print(f"ratio: ours / tutorial = {ours['real_tok_s'] / ref['real_tok_s']:.2f}x real tokens/s "
-          f"(target >= 3x); per executed slot {ours['slot_tok_s'] / ref['slot_tok_s']:.2f}x")
+    results = {}
+    for prec, side in ours.items():
+        r = results[prec] = side.result()
+        print(f"ours, {prec}: {r['real_tok_s']:,.0f} real tokens/s ({r['step_s']:.3f} s/step over {args.steps} "
+              f"steps, bucket lengths used {r['lengths']}, {r['padding']:.1%} padding in them); "
+              f"{len(r['lengths'])} compiles ({r['compile_s']:.1f} s), none after warm-up; "
+              f"last loss {r['loss']:.3f}")
+        print(f"       {fpt / 1e6:.2f} MFLOP/token (train) -> {fpt * r['slot_tok_s'] / 1e9:,.1f} GFLOP/s executed "
+              f"= {fpt * r['slot_tok_s'] / 1e9 / peak:.0%} of the float32 matmul rate")
+    if ref is not None:
+        t = ref.result()
+        print(f"torch: {t['real_tok_s']:,.0f} real tokens/s ({t['step_s']:.3f} s/step, padded to "
+              f"{data.shape[1]}; {t['slot_tok_s']:,.0f} tokens/s counting padding = "
+              f"{fpt * t['slot_tok_s'] / 1e9 / peak:.0%} of the float32 matmul rate)")
+        for prec, r in results.items():
+            print(f"ratio: ours {prec} / tutorial = {r['real_tok_s'] / t['real_tok_s']:.2f}x real tokens/s; "
+                  f"per executed slot {r['slot_tok_s'] / t['slot_tok_s']:.2f}x")
+    if not args.no_rss:
+        for prec in precisions:
+            whole, steps = peak_rss(prec, args)
+            print(f"peak RSS, {prec}, own process: {steps:,.0f} MB over its {args.steps} training steps "
+                  f"(after the warm-up); {whole:,.0f} MB with XLA compiling them")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    if len(results) == 2:
+        bf, f32 = results["bfloat16"]["real_tok_s"], results["float32"]["real_tok_s"]
+        tail = f"; bf16/tutorial: {bf / t['real_tok_s']:.2f}x" if ref is not None else ""
+        print(f"bf16/float32: {bf / f32:.2f}x{tail}")
 
 
 if __name__ == "__main__":

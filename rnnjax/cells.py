@@ -17,6 +17,11 @@ of the two.
 when the layer has biases, ``bias_ih``, ``bias_hh``; an LSTM with ``proj_size > 0`` also has
 ``weight_hr``. Layouts are torch's: ``weight_ih`` is ``(G*hidden, input)``, ``weight_hh`` is
 ``(G*hidden, hidden or proj)`` with G = 1 (RNN), 4 (LSTM), 3 (GRU).
+
+Precision, as in the kernels (:mod:`rnnjax.kernels.common`): a matmul runs in the dtype of the
+activation it multiplies (``x`` or ``h``; the weight is cast to it) and returns float32 or wider,
+the gate math runs in that float32, and each returned state has the dtype of the state passed in.
+For float32 or float64 input nothing is cast.
 """
 from __future__ import annotations
 
@@ -81,7 +86,14 @@ ELMAN_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 def _linear(x: jax.Array, weight: jax.Array, bias: jax.Array | None = None) -> jax.Array:
-    y = x @ weight.T
+    """``x @ weight^T + bias`` with the weight cast to ``x``'s dtype, in float32 or wider.
+
+    One ``dot_general`` on a 2-D ``x`` that contracts the last axes: with a transpose op before
+    it, XLA:CPU computes a bfloat16 matmul inside a loop (the decoding loop) in float32."""
+    flat = x.reshape(-1, x.shape[-1])
+    y = jax.lax.dot_general(flat, weight.astype(x.dtype), (((1,), (1,)), ((), ())),
+                            preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
+    y = y.reshape(*x.shape[:-1], weight.shape[0])
     return y if bias is None else y + bias
 
 
@@ -96,13 +108,13 @@ def _hidden_projection(params: Params, h: jax.Array) -> jax.Array:
 
 def rnn_tanh_step(params: Params, h: jax.Array, gx: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Elman RNN with tanh, torch's ``nn.RNN(nonlinearity='tanh')`` (see :data:`ELMAN_ACTIVATIONS`)."""
-    h = ELMAN_ACTIVATIONS["RNN_TANH"](gx + _hidden_projection(params, h))
+    h = ELMAN_ACTIVATIONS["RNN_TANH"](gx + _hidden_projection(params, h)).astype(h.dtype)
     return h, h
 
 
 def rnn_relu_step(params: Params, h: jax.Array, gx: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Elman RNN with ReLU, torch's ``nn.RNN(nonlinearity='relu')`` (see :data:`ELMAN_ACTIVATIONS`)."""
-    h = ELMAN_ACTIVATIONS["RNN_RELU"](gx + _hidden_projection(params, h))
+    h = ELMAN_ACTIVATIONS["RNN_RELU"](gx + _hidden_projection(params, h)).astype(h.dtype)
     return h, h
 
 
@@ -113,20 +125,22 @@ def lstm_step(params: Params, carry: tuple[jax.Array, jax.Array], gx: jax.Array
     ``carry`` is ``(h, c)``. With ``weight_hr`` (``proj_size > 0``) the output is projected,
     :math:`h' = W_{hr} h'`, so ``h`` has ``proj_size`` features while ``c`` keeps ``hidden``.
     """
-    h, c = carry
-    gates = gx + _hidden_projection(params, h)
-    h, c, _ = lstm_pointwise(*jnp.split(gates, 4, axis=-1), c)
+    h0, c0 = carry
+    gates = gx + _hidden_projection(params, h0)
+    h, c, _ = lstm_pointwise(*jnp.split(gates, 4, axis=-1), c0)
+    h = h.astype(h0.dtype)
     if "weight_hr" in params:
-        h = h @ params["weight_hr"].T
-    return (h, c), h
+        h = _linear(h, params["weight_hr"]).astype(h0.dtype)
+    return (h, c.astype(c0.dtype)), h
 
 
 def gru_step(params: Params, h: jax.Array, gx: jax.Array) -> tuple[jax.Array, jax.Array]:
     """GRU, torch's ``nn.GRU``: :func:`gru_pointwise` of ``gx`` and ``W_hh h + b_hh``, each split in 3."""
     xr, xz, xn = jnp.split(gx, 3, axis=-1)
     hr, hz, hn = jnp.split(_hidden_projection(params, h), 3, axis=-1)
-    h, _ = gru_pointwise(xr + hr, xz + hz, xn, hn, h)
-    return h, h
+    h_new, _ = gru_pointwise(xr + hr, xz + hz, xn, hn, h)
+    h_new = h_new.astype(h.dtype)
+    return h_new, h_new
 
 
 STEPS: dict[str, Step] = {

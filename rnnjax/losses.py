@@ -13,6 +13,15 @@ the gradients are formed in the same pass (as fused "linear cross-entropy" kerne
 
 so ``dh = dz W^T``, ``dW = h^T dz`` and ``db = sum_n dz_n`` are accumulated chunk by chunk.
 The value alone (no gradient, e.g. validation) skips the gradient work.
+
+Precision: the matmuls run in ``h``'s dtype (``w`` is cast to it) with float32 results, as in
+:mod:`rnnjax.kernels.common`; the logits, their max and log-sum-exp, the loss and the sums that form
+``dW`` and ``db`` across chunks are float32 (or wider) whatever ``h``'s dtype, and each gradient is
+returned in its input's dtype (``dh`` rounded to bfloat16 for a bfloat16 ``h``; ``dW`` and ``db``
+float32 for float32 weights). With bfloat16 ``h`` the three matmuls (logits, ``dh``, ``dW``) take
+bfloat16 operands: ``dz`` is rounded once for the two that need it, after the softmax, while ``db``
+sums the float32 ``dz``. Measured on 2 CPU cores, fwd+bwd of the 8,320 x 256 -> 8,711 step: 364 ms
+in float32, 215 ms in bfloat16.
 """
 from __future__ import annotations
 
@@ -20,6 +29,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from rnnjax.kernels.common import after
 
 CHUNK = 512
 
@@ -37,8 +48,14 @@ def _chunked(h, targets, weights, chunk):
     return h.reshape(k, chunk, -1), targets.reshape(k, chunk), weights.reshape(k, chunk)
 
 
+def _acc(dtype):
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def _chunk_terms(h, w, b, t):
-    logits = h @ w + b
+    """Per-row NLL, ``exp(z - max)`` and its row sums; ``w`` is in ``h``'s dtype, ``b`` in the
+    accumulation dtype, and so are the logits."""
+    logits = jax.lax.dot_general(h, w, (((1,), (0,)), ((), ())), preferred_element_type=_acc(h.dtype)) + b
     m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
     e = jnp.exp(logits - m)
     s = jnp.sum(e, axis=-1, keepdims=True)
@@ -53,40 +70,55 @@ def linear_cross_entropy(h: jax.Array, w: jax.Array, b: jax.Array, targets: jax.
     """``sum_n weights[n] * CE(h[n] @ w + b, targets[n])`` for ``h`` ``(N, D)``, ``w`` ``(D, V)``.
 
     Differentiable in ``h``, ``w`` and ``b`` (``weights`` is treated as a constant mask/scale).
+    The result is in float32 or wider: ``h``'s dtype promoted with float32 (see the module docstring).
     """
-    hc, tc, wc = _chunked(h, targets, weights, chunk)
+    acc = _acc(h.dtype)
+    hc, tc, wc = _chunked(h, targets, weights.astype(acc), chunk)
+    wx, bx = w.astype(h.dtype), b.astype(acc)
 
     def body(total, inp):
         hx, t, wt = inp
-        nll, _, _ = _chunk_terms(hx, w, b, t)
+        nll, _, _ = _chunk_terms(hx, wx, bx, t)
         return total + jnp.sum(wt * nll), None
 
-    total, _ = jax.lax.scan(body, jnp.zeros((), h.dtype), (hc, tc, wc))
+    total, _ = jax.lax.scan(body, jnp.zeros((), acc), (hc, tc, wc))
     return total
 
 
 def _fwd(h, w, b, targets, weights, chunk):
-    n = h.shape[0]
-    hc, tc, wc = _chunked(h, targets, weights, chunk)
+    n, cdt, acc = h.shape[0], h.dtype, _acc(h.dtype)
+    hc, tc, wc = _chunked(h, targets, weights.astype(acc), chunk)
+    # The cast weight is made once h exists (see kernels.common.after), not during the layers' pass.
+    wx, bx = (w if w.dtype == cdt else after(w, h).astype(cdt)), b.astype(acc)
     cols = jnp.arange(w.shape[1])
+    # dW = h^T dz contracts the rows. XLA:CPU runs that float32 matmul as it is, but a bfloat16
+    # one only with a row-major left operand that contracts its last axis: below float32 the
+    # loop also reads each chunk transposed, (k, D, chunk), copied once before the loop.
+    low = cdt != acc
+    xs = (hc, tc, wc, jnp.swapaxes(hc, 1, 2)) if low else (hc, tc, wc)
 
     def body(carry, inp):
         total, dw, db = carry
-        hx, t, wt = inp
-        nll, e, s = _chunk_terms(hx, w, b, t)
+        hx, t, wt = inp[:3]
+        nll, e, s = _chunk_terms(hx, wx, bx, t)
         dz = (e / s - (cols[None, :] == t[:, None]).astype(e.dtype)) * wt[:, None]
-        dh = dz @ w.T
-        dw = dw + jax.lax.dot_general(hx, dz, (((0,), (0,)), ((), ())))
+        if low:
+            dz_c = dz.astype(cdt)
+            dh = jax.lax.dot_general(dz_c, wx, (((1,), (1,)), ((), ())), preferred_element_type=acc)
+            dw = dw + jax.lax.dot_general(inp[3], dz_c, (((1,), (0,)), ((), ())), preferred_element_type=acc)
+        else:
+            dh = dz @ w.T
+            dw = dw + jax.lax.dot_general(hx, dz, (((0,), (0,)), ((), ())))
         return (total + jnp.sum(wt * nll), dw, db + jnp.sum(dz, axis=0)), dh
 
-    init = (jnp.zeros((), h.dtype), jnp.zeros_like(w), jnp.zeros_like(b))
-    (total, dw, db), dh = jax.lax.scan(body, init, (hc, tc, wc))
-    return total, (dh.reshape(-1, h.shape[1])[:n], dw, db)
+    init = (jnp.zeros((), acc), jnp.zeros(w.shape, acc), jnp.zeros(b.shape, acc))
+    (total, dw, db), dh = jax.lax.scan(body, init, xs)
+    return total, (dh.reshape(-1, h.shape[1])[:n].astype(cdt), dw, db, w, b)
 
 
 def _bwd(chunk, res, g):
-    dh, dw, db = res
-    return g * dh, g * dw, g * db, None, None
+    dh, dw, db, w, b = res  # dw, db are float32 (or wider) sums; w, b only give the dtypes
+    return (g * dh).astype(dh.dtype), (g * dw).astype(w.dtype), (g * db).astype(b.dtype), None, None
 
 
 linear_cross_entropy.defvjp(_fwd, _bwd)

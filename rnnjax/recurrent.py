@@ -200,6 +200,12 @@ def apply(cfg: Config, params: Mapping[str, jax.Array], x: jax.Array,
         ``output`` is ``(T, B, D*H_out)`` (``(B, T, ...)`` if batch_first, ``(T, ...)`` unbatched),
         ``h_n`` is ``(num_layers*D, B, H_out)`` whatever ``batch_first`` says.
 
+    Precision: the layers compute in ``x``'s dtype. For bfloat16 ``x`` (mixed precision, with
+    float32 weights or bfloat16 ones) every matmul takes bfloat16 operands, the weights cast to
+    bfloat16, and accumulates in float32; the gate math is float32; ``output`` is bfloat16; ``h_n``
+    has ``h_0``'s dtype (bfloat16 by default) and ``c_n`` ``c_0``'s (float32 by default). Gradients
+    come back in each input's dtype: float32 weights get float32 gradients.
+
     >>> import jax, jax.numpy as jnp
     >>> from rnnjax import recurrent
     >>> cfg = recurrent.Config("GRU", input_size=3, hidden_size=4, num_layers=2)
@@ -237,7 +243,8 @@ def apply(cfg: Config, params: Mapping[str, jax.Array], x: jax.Array,
     c_shape = (nd, batch, cfg.hidden_size)
     if hx is None:
         h0 = jnp.zeros(h_shape, x.dtype)
-        c0 = jnp.zeros(c_shape, x.dtype) if is_lstm else None
+        # The cell state accumulates over steps: below float32 (mixed precision) it stays float32.
+        c0 = jnp.zeros(c_shape, jnp.promote_types(x.dtype, jnp.float32)) if is_lstm else None
     else:
         if is_lstm:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.cells import ELMAN_ACTIVATIONS
-from rnnjax.kernels.common import loop_buffer, previous_outputs, step_inputs, weight_grad
+from rnnjax.kernels.common import accum_dtype, dot, dot_t, loop_buffer, previous_outputs, step_inputs, weight_grad
 
 
 def _derivative(mode, y):
@@ -23,22 +23,26 @@ def _derivative(mode, y):
 
 
 def _forward(mode, reverse, unroll, w_ih, w_hh, b, x, h0, mask, *, save):
+    """``(outs, h_n)``: ``outs`` the stacked outputs in the accumulation dtype (with ``save`` and a
+    mask, and each step's ``h_prev``), ``h_n`` in ``h0``'s dtype."""
     act = ELMAN_ACTIVATIONS[mode]
-    gx = x @ w_ih.T
-    w_hh_t = w_hh.T
+    cdt, acc = x.dtype, accum_dtype(x.dtype)  # see common's module docstring
+    gx = dot_t(x, w_ih)
+    w_hh_t = w_hh.T.astype(cdt)  # transposed once, outside the loop
+    b = b.astype(acc)
 
     def body(h, inp):
-        h_new = act(inp[0] + h @ w_hh_t + b)
+        h_new = act(inp[0] + dot(h, w_hh_t) + b)
         if mask is None:
-            return h_new, h_new
+            return h_new.astype(cdt), h_new
         m = inp[1][:, None]
         y = jnp.where(m, h_new, jnp.zeros_like(h_new))
         # With a mask h_prev is not ys shifted, so it is saved for dW_hh.
-        return jnp.where(m, h_new, h), ((y, h) if save else y)
+        return jnp.where(m, h_new.astype(cdt), h), ((y, h.astype(acc)) if save else y)
 
     xs = (gx,) if mask is None else (gx, mask)
-    h_n, outs = jax.lax.scan(body, h0, xs, reverse=reverse, unroll=unroll)
-    return outs, h_n
+    h_n, outs = jax.lax.scan(body, h0.astype(cdt), xs, reverse=reverse, unroll=unroll)
+    return outs, h_n.astype(h0.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -50,14 +54,18 @@ def elman_direction(mode: str, reverse: bool, unroll: int, w_ih: jax.Array, w_hh
     Each step is ``h' = cells.ELMAN_ACTIVATIONS[mode](W_ih x_t + W_hh h + b)``. ``mode`` is
     ``"RNN_TANH"`` or ``"RNN_RELU"``, ``b`` is ``b_ih + b_hh``; ``mask`` as in
     ``lstm.lstm_direction`` (``None``: every step valid).
+
+    Precision: the compute dtype is ``x``'s (see :mod:`rnnjax.kernels.common`); ``ys`` and the
+    carried ``h`` have it, ``h_n`` has ``h0``'s.
     """
-    return _forward(mode, reverse, unroll, w_ih, w_hh, b, x, h0, mask, save=False)
+    ys, h_n = _forward(mode, reverse, unroll, w_ih, w_hh, b, x, h0, mask, save=False)
+    return ys.astype(x.dtype), h_n
 
 
 def _fwd(mode, reverse, unroll, w_ih, w_hh, b, x, h0, mask):
     outs, h_n = _forward(mode, reverse, unroll, w_ih, w_hh, b, x, h0, mask, save=True)
     ys, hs = (outs, None) if mask is None else outs
-    return (ys, h_n), (w_ih, w_hh, x, h0, mask, ys, hs)
+    return (ys.astype(x.dtype), h_n), (w_ih, w_hh, b, x, h0, mask, ys, hs)
 
 
 def _bwd(mode, reverse, unroll, res, cts):
@@ -74,24 +82,29 @@ def _bwd(mode, reverse, unroll, res, cts):
     :math:`\partial W_{hh} = \partial z^T h_{prev}`, :math:`\partial b = \sum \partial z`,
     :math:`\partial x = \partial z \, W_{ih}`.
     """
-    w_ih, w_hh, x, h0, mask, ys, hs = res
+    w_ih, w_hh, b, x, h0, mask, ys, hs = res
     dys, dh_n = cts
+    cdt, acc = x.dtype, accum_dtype(x.dtype)  # activations and gradients in acc, matmul operands in cdt
+    w_hh_c = w_hh.astype(cdt)
 
     def body(carry, inp):
         dh, db, dz_all = carry
         t, dy, m, (y,) = step_inputs(inp, mask is not None)
         dz = jnp.where(m, (dh + dy) * _derivative(mode, y), 0)
-        dh_prev = dz @ w_hh + jnp.where(m, 0, dh)
+        dh_prev = dot(dz.astype(cdt), w_hh_c) + jnp.where(m, 0, dh)
         dz_all = jax.lax.dynamic_update_index_in_dim(dz_all, dz, t, 0)
         return (dh_prev, db + dz.sum(axis=0), dz_all), None
 
     steps = jnp.arange(x.shape[0])
+    dys = dys.astype(acc)
     xs = (steps, dys, ys) if mask is None else (steps, dys, mask, ys)
-    db0 = jnp.zeros(w_hh.shape[0], dh_n.dtype)
-    dz0 = loop_buffer(ys.shape, dys, ys)  # see common.loop_buffer
-    (dh0, db, dz), _ = jax.lax.scan(body, (dh_n, db0, dz0), xs, reverse=not reverse, unroll=unroll)
+    db0 = jnp.zeros(w_hh.shape[0], acc)
+    dz0 = loop_buffer(ys.shape, acc, dys, ys)  # see common.loop_buffer
+    (dh0, db, dz), _ = jax.lax.scan(body, (dh_n.astype(acc), db0, dz0), xs, reverse=not reverse,
+                                    unroll=unroll)
     h_prev = previous_outputs(reverse, ys, h0) if mask is None else hs
-    return weight_grad(x, dz), weight_grad(h_prev, dz), db, dz @ w_ih, dh0, None
+    return (weight_grad(x, dz, w_ih.dtype), weight_grad(h_prev.astype(cdt), dz, w_hh.dtype), db.astype(b.dtype),
+            dot(dz.astype(cdt), w_ih).astype(cdt), dh0.astype(dh_n.dtype), None)
 
 
 elman_direction.defvjp(_fwd, _bwd)

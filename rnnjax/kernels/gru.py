@@ -14,18 +14,23 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.cells import gru_pointwise
-from rnnjax.kernels.common import loop_buffer, previous_outputs, project, step_inputs, weight_grad
+from rnnjax.kernels.common import (accum_dtype, dot, loop_buffer, previous_outputs, project,
+                                   step_inputs, weight_grad)
 
 
 def _forward(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask, *, save):
+    """``(outs, h_n)``: ``outs`` the stacked outputs in the accumulation dtype (with ``save``,
+    followed by what the backward needs), ``h_n`` in ``h0``'s dtype."""
     hidden = w_hh.shape[1]
+    cdt, acc = x.dtype, accum_dtype(x.dtype)  # see common's module docstring
     gx = project(x, w_ih, 3)
-    w_hh_t = w_hh.T
-    bi, bh = jnp.split(b_ih, 3), jnp.split(b_hh, 3)
+    w_hh_t = w_hh.T.astype(cdt)  # transposed once, outside the loop
+    bi, bh = jnp.split(b_ih.astype(acc), 3), jnp.split(b_hh.astype(acc), 3)
     b_r, b_z = bi[0] + bh[0], bi[1] + bh[1]  # only b_hn has to stay apart
 
     def body(h, inp):
-        hw = h @ w_hh_t
+        # h is carried in the accumulation dtype: h' = (1 - z) n + z h accumulates over the steps.
+        hw = dot(h.astype(cdt), w_hh_t)
         zr = inp[0] + hw[:, :hidden] + b_r
         zz = inp[1] + hw[:, hidden:2 * hidden] + b_z
         hn = hw[:, 2 * hidden:] + bh[2]
@@ -37,8 +42,8 @@ def _forward(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask, *, save):
         return jnp.where(m, h_new, h), ((y, h, r, z, n, hn) if save else y)
 
     xs = gx if mask is None else (*gx, mask)
-    h_n, outs = jax.lax.scan(body, h0, xs, reverse=reverse, unroll=unroll)
-    return outs, h_n
+    h_n, outs = jax.lax.scan(body, h0.astype(acc), xs, reverse=reverse, unroll=unroll)
+    return outs, h_n.astype(h0.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -49,15 +54,19 @@ def gru_direction(reverse: bool, unroll: int, w_ih: jax.Array, w_hh: jax.Array, 
 
     Each step is :func:`rnnjax.cells.gru_pointwise` (gates in torch's order ``r, z, n``); ``mask``
     as in ``lstm.lstm_direction`` (``None``: every step valid).
+
+    Precision: the compute dtype is ``x``'s (see :mod:`rnnjax.kernels.common`); ``ys`` has it,
+    ``h_n`` has ``h0``'s, and ``h`` is carried in float32 or wider.
     """
-    return _forward(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask, save=False)
+    ys, h_n = _forward(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask, save=False)
+    return ys.astype(x.dtype), h_n
 
 
 def _fwd(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask):
     (ys, *acts), h_n = _forward(reverse, unroll, w_ih, w_hh, b_ih, b_hh, x, h0, mask, save=True)
     if mask is None:  # h_prev is ys shifted by one step, with h0 first (in scan order)
         acts = [(ys, h0), *acts]
-    return (ys, h_n), (w_ih, w_hh, x, mask, *acts)
+    return (ys.astype(x.dtype), h_n), (w_ih, w_hh, b_ih, b_hh, x, mask, *acts)
 
 
 def _bwd(reverse, unroll, res, cts):
@@ -77,8 +86,10 @@ def _bwd(reverse, unroll, res, cts):
     :math:`\partial W_{hh} = dgh^T h_{prev}`, :math:`\partial x = dgx\, W_{ih}`, and the biases get
     the sums over steps and batch.
     """
-    w_ih, w_hh, x, mask, hs, r, z, n, hn = res
+    w_ih, w_hh, b_ih, b_hh, x, mask, hs, r, z, n, hn = res
     dys, dh_n = cts
+    cdt, acc = x.dtype, accum_dtype(x.dtype)  # activations and gradients in acc, matmul operands in cdt
+    w_hh_c = w_hh.astype(cdt)
     h_prev = previous_outputs(reverse, *hs) if mask is None else hs
 
     def body(carry, inp):
@@ -90,21 +101,24 @@ def _bwd(reverse, unroll, res, cts):
         dz = d * (h - n) * z * (1 - z)
         dgx = jnp.concatenate([dr, dz, dn], axis=-1)
         dgh = jnp.concatenate([dr, dz, dn * r], axis=-1)
-        dh_prev = d * z + dgh @ w_hh + jnp.where(m, 0, dh)
+        dh_prev = d * z + dot(dgh.astype(cdt), w_hh_c) + jnp.where(m, 0, dh)
         dgx_all = jax.lax.dynamic_update_index_in_dim(dgx_all, dgx, t, 0)
         dgh_all = jax.lax.dynamic_update_index_in_dim(dgh_all, dgh, t, 0)
         return (dh_prev, dbi + dgx.sum(axis=0), dbh + dgh.sum(axis=0), dgx_all, dgh_all), None
 
     steps = jnp.arange(x.shape[0])
+    dys = dys.astype(acc)
     xs = (steps, dys, h_prev, r, z, n, hn)
     if mask is not None:
         xs = (steps, dys, mask, h_prev, r, z, n, hn)
     shape = (*x.shape[:2], w_hh.shape[0])
-    zeros = jnp.zeros(w_hh.shape[0], dh_n.dtype)
-    init = (dh_n, zeros, zeros, loop_buffer(shape, dys, r), loop_buffer(shape, dys, z))
+    zeros = jnp.zeros(w_hh.shape[0], acc)
+    init = (dh_n.astype(acc), zeros, zeros, loop_buffer(shape, acc, dys, r), loop_buffer(shape, acc, dys, z))
     (dh0, db_ih, db_hh, dgx, dgh), _ = jax.lax.scan(body, init, xs, reverse=not reverse,
                                                     unroll=unroll)
-    return (weight_grad(x, dgx), weight_grad(h_prev, dgh), db_ih, db_hh, dgx @ w_ih, dh0, None)
+    return (weight_grad(x, dgx, w_ih.dtype), weight_grad(h_prev.astype(cdt), dgh, w_hh.dtype),
+            db_ih.astype(b_ih.dtype), db_hh.astype(b_hh.dtype), dot(dgx.astype(cdt), w_ih).astype(cdt),
+            dh0.astype(dh_n.dtype), None)
 
 
 gru_direction.defvjp(_fwd, _bwd)

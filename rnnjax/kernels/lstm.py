@@ -27,31 +27,36 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.cells import lstm_pointwise
-from rnnjax.kernels.common import loop_buffer, previous_outputs, project, step_inputs, weight_grad
+from rnnjax.kernels.common import (accum_dtype, dot, loop_buffer, previous_outputs, project,
+                                   step_inputs, weight_grad)
 
 
 def _forward(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask, *, save):
+    """``(outs, h_n, c_n)``: ``outs`` the stacked outputs in the accumulation dtype (with ``save``,
+    followed by what the backward needs), ``h_n`` in ``h0``'s dtype and ``c_n`` in ``c0``'s."""
     hidden = w_hh.shape[1]
+    cdt, acc = x.dtype, accum_dtype(x.dtype)  # see common's module docstring
     gx = project(x, w_ih, 4)
-    w_hh_t = w_hh.T
-    bs = jnp.split(b, 4)
+    w_hh_t = w_hh.T.astype(cdt)  # transposed once, outside the loop
+    bs = jnp.split(b.astype(acc), 4)
 
     def body(carry, inp):
-        h, c = carry
-        hw = h @ w_hh_t
+        h, c = carry  # h in the compute dtype (it only feeds a matmul), c in the accumulation dtype
+        hw = dot(h, w_hh_t)
         z = [inp[k] + hw[:, k * hidden:(k + 1) * hidden] + bs[k] for k in range(4)]
-        h_new, c_new, (i, f, g, o) = lstm_pointwise(*z, c)
+        h_new, c_new, gates = lstm_pointwise(*z, c)
         if mask is None:
             # Without a mask h_prev is the previous step's output, so it is not saved again.
-            return (h_new, c_new), ((h_new, c, i, f, g, o) if save else h_new)
+            return (h_new.astype(cdt), c_new), ((h_new, c, *gates) if save else h_new)
         m = inp[4][:, None]
         y = jnp.where(m, h_new, jnp.zeros_like(h_new))
-        out = (jnp.where(m, h_new, h), jnp.where(m, c_new, c))
-        return out, ((y, h, c, i, f, g, o) if save else y)
+        out = (jnp.where(m, h_new.astype(cdt), h), jnp.where(m, c_new, c))
+        return out, ((y, h.astype(acc), c, *gates) if save else y)
 
     xs = gx if mask is None else (*gx, mask)
-    (h_n, c_n), outs = jax.lax.scan(body, (h0, c0), xs, reverse=reverse, unroll=unroll)
-    return outs, h_n, c_n
+    (h_n, c_n), outs = jax.lax.scan(body, (h0.astype(cdt), c0.astype(acc)), xs, reverse=reverse,
+                                    unroll=unroll)
+    return outs, h_n.astype(h0.dtype), c_n.astype(c0.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -65,16 +70,21 @@ def lstm_direction(reverse: bool, unroll: int, w_ih: jax.Array, w_hh: jax.Array,
     ``b`` is ``b_ih + b_hh`` (``4H``); ``mask`` ``(T, B)`` marks valid steps: where it is false the
     carry passes through and the output is zero (packed-sequence semantics, see ``recurrent``);
     ``None`` means every step is valid.
+
+    Precision: the compute dtype is ``x``'s (see :mod:`rnnjax.kernels.common`); ``ys`` has it,
+    ``h_n`` and ``c_n`` have ``h0``'s and ``c0``'s dtypes, and ``c`` is carried in float32 or wider.
     """
     ys, h_n, c_n = _forward(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask, save=False)
-    return ys, h_n, c_n
+    return ys.astype(x.dtype), h_n, c_n
 
 
 def _fwd(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask):
     (ys, *acts), h_n, c_n = _forward(reverse, unroll, w_ih, w_hh, b, x, h0, c0, mask, save=True)
-    if mask is None:  # h_prev is ys shifted by one step, with h0 first (in scan order)
+    ys = ys.astype(x.dtype)
+    if mask is None:  # h_prev is ys shifted by one step, with h0 first (in scan order); in the
+        # compute dtype, as the forward's matmul took it (no float32 copy kept for the backward)
         acts = [(ys, h0), *acts]
-    return (ys, h_n, c_n), (w_ih, w_hh, x, mask, *acts)
+    return (ys, h_n, c_n), (w_ih, w_hh, b, x, mask, *acts)
 
 
 def _bwd(reverse, unroll, res, cts):
@@ -94,8 +104,10 @@ def _bwd(reverse, unroll, res, cts):
     :math:`\partial W_{hh} = \partial z^T h_{prev}`, :math:`\partial b = \sum \partial z`,
     :math:`\partial x = \partial z\, W_{ih}`. Where a step is masked, ``dh`` and ``dc`` pass through.
     """
-    w_ih, w_hh, x, mask, hs, cs, i, f, g, o = res
+    w_ih, w_hh, b, x, mask, hs, cs, i, f, g, o = res
     dys, dh_n, dc_n = cts
+    cdt, acc = x.dtype, accum_dtype(x.dtype)  # activations and gradients in acc, matmul operands in cdt
+    w_hh_c = w_hh.astype(cdt)
 
     def body(carry, inp):
         dh, dc, db, dgates_all = carry
@@ -106,20 +118,22 @@ def _bwd(reverse, unroll, res, cts):
         dc_new = jnp.where(m, dc, 0) + dh_new * o * (1 - tc * tc)
         dgates = jnp.concatenate([dc_new * g * i * (1 - i), dc_new * c_prev * f * (1 - f),
                                   dc_new * i * (1 - g * g), dh_new * tc * o * (1 - o)], axis=-1)
-        dh_prev = dgates @ w_hh + jnp.where(m, 0, dh)
+        dh_prev = dot(dgates.astype(cdt), w_hh_c) + jnp.where(m, 0, dh)
         dc_prev = dc_new * f + jnp.where(m, 0, dc)
         dgates_all = jax.lax.dynamic_update_index_in_dim(dgates_all, dgates, t, 0)
         return (dh_prev, dc_prev, db + dgates.sum(axis=0), dgates_all), None
 
     steps = jnp.arange(x.shape[0])
+    dys = dys.astype(acc)
     xs = (steps, dys, cs, i, f, g, o) if mask is None else (steps, dys, mask, cs, i, f, g, o)
-    db0 = jnp.zeros(w_hh.shape[0], dh_n.dtype)
-    dgates0 = loop_buffer((*x.shape[:2], w_hh.shape[0]), dys, cs)
-    (dh0, dc0, db, dgates), _ = jax.lax.scan(body, (dh_n, dc_n, db0, dgates0), xs,
-                                             reverse=not reverse, unroll=unroll)
-    dx = dgates @ w_ih
+    db0 = jnp.zeros(w_hh.shape[0], acc)
+    dgates0 = loop_buffer((*x.shape[:2], w_hh.shape[0]), acc, dys, cs)
+    init = (dh_n.astype(acc), dc_n.astype(acc), db0, dgates0)
+    (dh0, dc0, db, dgates), _ = jax.lax.scan(body, init, xs, reverse=not reverse, unroll=unroll)
+    dx = dot(dgates.astype(cdt), w_ih).astype(cdt)
     h_prev = previous_outputs(reverse, *hs) if mask is None else hs
-    return weight_grad(x, dgates), weight_grad(h_prev, dgates), db, dx, dh0, dc0, None
+    return (weight_grad(x, dgates, w_ih.dtype), weight_grad(h_prev.astype(cdt), dgates, w_hh.dtype),
+            db.astype(b.dtype), dx, dh0.astype(dh_n.dtype), dc0.astype(dc_n.dtype), None)
 
 
 lstm_direction.defvjp(_fwd, _bwd)

@@ -85,25 +85,32 @@ class PoetryModel(nnx.Module):
         output, hx = self.features(tokens, hx, deterministic=deterministic, rngs=rngs)
         return self.linear1(output), hx
 
-    def features(self, tokens, hx=None, *, deterministic: bool | None = None, rngs=None):
-        """The recurrent stack's output (T,B,H) and hx: everything before the output layer."""
-        return self.rnn(self.embeddings(tokens), hx, deterministic=deterministic, rngs=rngs)
+    def features(self, tokens, hx=None, *, deterministic: bool | None = None, rngs=None, dtype=None):
+        """The recurrent stack's output (T,B,H) and hx: everything before the output layer.
 
-    def nll_sum(self, tokens, targets, mask, *, deterministic: bool | None = None, rngs=None):
+        `dtype` (e.g. `jnp.bfloat16`): the embeddings are cast to it, so the stack computes in it
+        (mixed precision, see `rnnjax.recurrent.apply`); the parameters stay as they are."""
+        x = self.embeddings(tokens)
+        return self.rnn(x if dtype is None else x.astype(dtype), hx, deterministic=deterministic, rngs=rngs)
+
+    def nll_sum(self, tokens, targets, mask, *, deterministic: bool | None = None, rngs=None, dtype=None):
         """Summed negative log-likelihood of `targets` where `mask` is 1, in at least float32.
 
         Equal to cross-entropy on `self(tokens)[0]`, but the output layer and the loss run chunk by
         chunk (`rnnjax.losses`), so the (T,B,V) logits never exist: that is most of a step's memory
-        traffic on a CPU.
+        traffic on a CPU. `dtype` as in `features`: with `jnp.bfloat16` the output layer's matmuls
+        take bfloat16 operands too, while the logits, log-sum-exp and the sum stay float32.
         """
-        output, _ = self.features(tokens, deterministic=deterministic, rngs=rngs)
-        dtype = jnp.promote_types(output.dtype, jnp.float32)  # float16 exports are scored in float32
+        output, _ = self.features(tokens, deterministic=deterministic, rngs=rngs, dtype=dtype)
+        acc = jnp.promote_types(output.dtype, jnp.float32)
+        if output.dtype != jnp.bfloat16:
+            output = output.astype(acc)  # float16 exports are scored in float32 (no fast float16 matmul on CPUs)
         return linear_cross_entropy(
-            output.reshape(-1, output.shape[-1]).astype(dtype),
-            self.linear1.kernel[...].astype(dtype),
-            self.linear1.bias[...].astype(dtype),
+            output.reshape(-1, output.shape[-1]),
+            self.linear1.kernel[...],  # cast to the output's dtype inside, gradients in the kernel's own
+            self.linear1.bias[...],
             targets.reshape(-1),
-            mask.reshape(-1).astype(dtype),
+            mask.reshape(-1).astype(acc),
         )
 
     # ---- torch interop -------------------------------------------------------------------------
