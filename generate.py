@@ -9,23 +9,59 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 
-from rnnjax.poetry.errors import cli_main
+
+def _import_flax_without_ipython_probe() -> None:
+    """flax imports IPython when it loads, to colour its reprs inside a notebook; outside IPython that
+    import is 0.15-0.4 s of start-up spent on a question whose answer is no. So, outside IPython, the
+    probe's import fails at once (and `import IPython` works normally afterwards)."""
+    if "IPython" in sys.modules:
+        return
+    sys.modules["IPython"] = None  # `from IPython import ...` raises ImportError: flax's probe says no
+    try:
+        import flax.nnx  # noqa: F401
+    finally:
+        if sys.modules.get("IPython", 0) is None:
+            del sys.modules["IPython"]
+
+
+_import_flax_without_ipython_probe()
+
+from rnnjax.poetry.errors import cli_main  # noqa: E402  (after the probe above)
 
 
 @cli_main
 def main(argv=None) -> None:
+    try:
+        _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C during a long --num: the poems printed so far stay printed
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except BrokenPipeError:  # `generate.py --num 1000 | head`: the reader has what it wanted
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        raise SystemExit(141) from None
+
+
+def _main(argv) -> None:
     from rnnjax.poetry import cli as c
+
+    c.enable_compile_cache()  # before anything compiles: a warm start loads the programs
     from rnnjax.poetry.forms import FORM_CHOICES
-    from rnnjax.poetry.generation import RHYME_MODES, Generator, check_rhyme_flags
+    from rnnjax.poetry.generation import (MAX_NUM, RHYME_MODES, Generator, check_max_len, check_rhyme_flags,
+                                          choose_checkpoint)
 
     p = c.ArgumentParser(description="Write a classical Chinese poem.", allow_abbrev=False)
-    p.add_argument("--prefix", default="", help="the poem begins with this text")
+    p.add_argument("--prefix", default="", help="the poem begins with this text; a line break ends a line")
     p.add_argument("--acrostic", default="", help="line k begins with the k-th character (藏头诗)")
     p.add_argument("--style", default="", help="text read first to set the mood; not printed")
     p.add_argument("--form", default="auto", metavar="FORM", type=c.form_arg,
-                   help=f"one of {', '.join(FORM_CHOICES)} (default auto)")
+                   help=f"one of {', '.join(FORM_CHOICES)}, any case (default auto)")
     p.add_argument("--rhyme", nargs="?", const="modern", choices=RHYME_MODES, metavar="{modern,pingshui}",
                    help="even lines end on one rhyme (fixed forms): modern = one 十三辙 class by today's "
                         "pinyin (bare --rhyme means this), pingshui = one 平声 group of 平水韵")
@@ -34,30 +70,49 @@ def main(argv=None) -> None:
                         "--form auto and no 5- or 7-character line in the prefix: 5x4)")
     p.add_argument("--show-tones", action="store_true",
                    help="print each line's 平仄 and the template's rule under it, and the verdict")
-    p.add_argument("--num", type=c.positive_int, default=1, help="how many poems (one batched call)")
+    p.add_argument("--num", type=c.bounded_int(1, MAX_NUM), default=1,
+                   help="how many poems; written and printed in batches, with progress on stderr")
     p.add_argument("--json", action="store_true", help="one JSON object per poem, for scripts")
     c.add_model_args(p)
     c.add_sampling_args(p)
     args = p.parse_args(argv)
     sampling = c.sampling_from_args(args)  # bad settings fail before the model loads
+    check_max_len(args.max_len)
     check_rhyme_flags(args.form, args.rhyme, args.meter)
 
-    model, vocab, _, _ = c.load_model_from_args(args)
-    gen = Generator(model, vocab, max_len=args.max_len)
+    from rnnjax.poetry.checkpoint import load_model  # orbax: imported only once the flags are good
+
+    choice = choose_checkpoint(args.checkpoint)
+    model, vocab, _ = load_model(choice.path)
+    gen = Generator(model, vocab, max_len=args.max_len, precision=args.precision)
     request = gen.request(args.prefix, args.acrostic, args.style, args.form, args.rhyme, args.meter)
-    poems = gen.generate([request] * args.num, sampling, seed=args.seed)
+    c.announce_checkpoint(choice)  # after the input is checked: an error stays one line
     if args.show_tones and not args.json:
         from rnnjax.poetry.prosody import TONES_LEGEND
         print(TONES_LEGEND, file=sys.stderr)
-    for i, poem in enumerate(poems):
-        if args.json:
-            print(json.dumps(poem.to_json(), ensure_ascii=False))
-            continue
-        print(("\n" if i else "") + "\n".join(poem.lines))
-        if args.show_tones:
-            print("\n" + poem.show_tones())
-        if not poem.complete:
-            print(f"(poem {i + 1} cut at --max-len {args.max_len})", file=sys.stderr)
+    started = last = time.monotonic()
+    for chunk in gen.generate_many(request, args.num, sampling, seed=args.seed):
+        for poem in chunk:
+            _print_poem(poem, args)
+        sys.stdout.flush()  # each batch appears as soon as it is written
+        done = chunk[-1].index + 1
+        now = time.monotonic()
+        if len(chunk) < args.num and (now - last >= 1 or done == args.num):
+            last = now
+            print(f"{done:,}/{args.num:,} poems, {now - started:.0f} s", file=sys.stderr, flush=True)
+
+
+def _print_poem(poem, args) -> None:
+    if args.json:
+        print(json.dumps(poem.to_json(), ensure_ascii=False))
+        return
+    print(("\n" if poem.index else "") + "\n".join(poem.lines))
+    if args.show_tones:
+        print("\n" + poem.show_tones())
+    if not poem.complete:
+        why = (f"cut at --max-len {args.max_len}" if len(poem.text) >= args.max_len else
+               f"stopped after {poem.text[-1:]!r}, mid-sentence")
+        print(f"(poem {poem.index + 1} {why})", file=sys.stderr)
 
 
 if __name__ == "__main__":

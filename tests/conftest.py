@@ -2,6 +2,9 @@ import os
 
 # Parity tests compare float32 math: keep XLA from using faster-but-looser CPU paths.
 os.environ.setdefault("XLA_FLAGS", "")
+# The CLIs keep compiled programs in a persistent cache (~/.cache/rnnjax/jax); tests, and the commands
+# they start, run without it unless a test sets its own folder.
+os.environ.setdefault("RNNJAX_CACHE_DIR", "")
 
 import pytest
 from hypothesis import settings

@@ -15,6 +15,7 @@ from typing import Any
 from rnnjax.poetry.errors import UserError
 
 CELLS = ("lstm", "gru", "rnn")
+PRECISIONS = ("float32", "bfloat16")  # train.py --precision: see TrainConfig.precision
 DEFAULT_DATA = "data/tang.npz"  # the prepared corpus: `python -m rnnjax.poetry data` writes it
 
 
@@ -51,15 +52,17 @@ def _flag(default, help: str, group: str, **argparse_kwargs) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, "group": group, **argparse_kwargs})
 
 
-_MODEL, _OPT, _OUT = "model", "optimisation", "data and output"
+_MODEL, _OPT, _OUT, _DIST = "model", "optimisation", "data and output", "several processes"
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Every flag of a training run (``train.py --help`` lists them in this order, in three groups).
+    """Every flag of a training run (``train.py --help`` lists them in this order, in four groups).
 
     ``config.json`` keeps them all as ``flags`` (`checkpoint_dir` resolved); a folder trained with
     another cell, size, data file, batch size, seed or validation fraction is refused on resume.
+    `lr`, `clip`, `dropout` and `precision` may change on resume: the change is said and kept in
+    ``flag_changes``.
     """
 
     cell: str = _flag(ModelConfig.cell, "recurrent cell", _MODEL, choices=CELLS)
@@ -71,6 +74,10 @@ class TrainConfig:
     batch_size: int = _flag(128, "poems per step; a multiple of the device count", _OPT)
     lr: float = _flag(1e-3, "Adam learning rate", _OPT)
     clip: float = _flag(1.0, "gradient clipping by global norm", _OPT)
+    precision: str = _flag("float32", "matmul inputs and activations: bfloat16 is mixed precision (float32 "
+                                      "parameters, gradients, optimizer state and loss); checkpoints are float32 "
+                                      "either way, so a run may resume in the other precision", _OPT,
+                           choices=PRECISIONS)
     seed: int = _flag(0, "initialisation, data order and validation split", _OPT)
     max_steps: int | None = _flag(None, "stop at this total step count (a resumed run counts from the "
                                         "checkpoint)", _OPT)
@@ -84,13 +91,23 @@ class TrainConfig:
     log_every: int = _flag(10, "metrics.jsonl line every N steps", _OUT)
     sample_every: int = _flag(1000, "greedy sample to samples.txt every N steps and at the end (0: off)", _OUT)
     sample_prefix: str = _flag("床前明月光", "beginning of the sampled poem", _OUT)
-    distributed: bool = _flag(False, "call jax.distributed.initialize() first (multi-host; set up by the "
-                                     "cluster)", _OUT)
+    distributed: bool = _flag(False, "several processes (hosts) train together: call "
+                                     "jax.distributed.initialize() first; with no --coordinator/--num-processes/"
+                                     "--process-id (or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID) "
+                                     "jax detects Slurm, Open MPI, Kubernetes or Cloud TPU", _DIST)
+    coordinator: str | None = _flag(None, "host:port of process 0's coordinator (implies --distributed; "
+                                          "default $JAX_COORDINATOR_ADDRESS)", _DIST, metavar="HOST:PORT")
+    num_processes: int | None = _flag(None, "how many processes train together (default $JAX_NUM_PROCESSES)",
+                                      _DIST, metavar="N")
+    process_id: int | None = _flag(None, "this process's index, 0 to N-1 (default $JAX_PROCESS_ID); process 0 "
+                                         "writes the logs and config.json", _DIST, metavar="I")
 
     def __post_init__(self):
         """UserError naming the flag, before any data is read."""
         if self.cell not in CELLS:
             raise UserError(f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("epochs", "batch_size", "embedding_dim", "hidden_dim", "num_layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

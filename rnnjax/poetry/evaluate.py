@@ -164,16 +164,22 @@ def markdown_table(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     p = cli.ArgumentParser(prog="python -m rnnjax.poetry evaluate", description=__doc__.splitlines()[0],
                          allow_abbrev=False)
-    p.add_argument("--data", default=DEFAULT_DATA, help="the corpus, for validation perplexity")
+    p.add_argument("--data", help=f"the corpus, for validation perplexity (default {DEFAULT_DATA}; "
+                   "without it, only the generation numbers)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of markdown")
     cli.add_model_args(p)
     cli.add_sampling_args(p)
     args = p.parse_args(argv)
 
     sampling = cli.sampling_from_args(args)  # bad settings fail before the model loads
+    if args.data is not None and not Path(args.data).is_file():
+        what = "is a folder, not a prepared .npz corpus" if Path(args.data).is_dir() else "does not exist"
+        raise UserError(f"--data {args.data} {what} (python -m rnnjax.poetry data prepares one)")
+    cli.enable_compile_cache()
     model, vocab, config, ckpt = cli.load_model_from_args(args)
-    ppl, ppl_note = validation_perplexity(model, vocab, config, args.data)
-    rows, notes = generation_report(g.Generator(model, vocab, args.max_len), sampling, args.seed)
+    ppl, ppl_note = validation_perplexity(model, vocab, config, args.data or DEFAULT_DATA)
+    gen = g.Generator(model, vocab, args.max_len, precision=args.precision)
+    rows, notes = generation_report(gen, sampling, args.seed)
     settings = ("greedy" if sampling.greedy or sampling.temperature == 0 else
                 f"temperature {sampling.temperature}, top-k {sampling.top_k}, top-p {sampling.top_p}")
     if args.json:

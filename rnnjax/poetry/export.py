@@ -25,13 +25,16 @@ def _folder_mb(path: Path) -> float:
 
 def export(checkpoint, out, data=DEFAULT_DATA, tolerance=0.005, say=print) -> tuple[str, dict]:
     """Returns (dtype kept, {dtype: perplexity})."""
-    from rnnjax.poetry.checkpoint import export_model, load_model
+    import math
+
+    from rnnjax.poetry.checkpoint import export_model, load_config, load_model, recorded_quality, save_config
     from rnnjax.poetry.evaluate import validation_perplexity
 
     out = Path(out)
     if out.exists():
         raise UserError(f"{out} already exists; remove it or choose another --out")
     model, vocab, config = load_model(checkpoint)
+    source_step = recorded_quality(checkpoint)[0]
     ppl = {}
     ppl["float32"], note = validation_perplexity(model, vocab, config, data)
     if ppl["float32"] is None:
@@ -54,6 +57,9 @@ def export(checkpoint, out, data=DEFAULT_DATA, tolerance=0.005, say=print) -> tu
                 break
         if chosen == "float32":
             export_model(work / "float32", model, config)
+        # What generate weighs when it picks its default model: the training step and the measured quality.
+        save_config(work / chosen, {**load_config(work / chosen), "source_step": source_step,
+                                    "val_loss": math.log(ppl[chosen])})
         (work / chosen).rename(out)
         say(f"kept {chosen}: {out} ({_folder_mb(out):.1f} MB)")
         return chosen, ppl

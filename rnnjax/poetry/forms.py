@@ -20,7 +20,7 @@ LINE_ENDERS = "，。！？；"
 # Where the printed poem breaks: after a sentence, so a form prints one couplet per line.
 SENTENCE_ENDERS = "。！？"
 # What users type on a Western keyboard, read as the full-width marks the corpus uses.
-ASCII_PUNCT = str.maketrans({",": "，", ".": "。", "!": "！", "?": "？", ";": "；"})
+ASCII_PUNCT = str.maketrans({",": "，", ".": "。", "!": "！", "?": "？", ";": "；", ":": "："})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,12 +81,16 @@ _FINAL_TO_CLASS = {f: i for i, fs in enumerate(RHYME_CLASSES.values()) for f in 
 
 
 def parse_form(name: str) -> Form | None:
-    """A form name or alias -> Form; 'auto' -> None (decided from the prefix or acrostic)."""
-    if name == "auto":
+    """A form name or alias -> Form; 'auto' -> None (decided from the prefix or acrostic).
+
+    Case, surrounding spaces and full-width letters or digits don't matter (`5X4`, `５ｘ４`, ` Free `)."""
+    key = unicodedata.normalize("NFKC", name).strip().lower()
+    if key == "auto":
         return None
-    key = ALIASES.get(name, _TRADITIONAL.get(name, name))
+    key = ALIASES.get(key, _TRADITIONAL.get(key, key))
     if key not in FORMS:
-        raise UserError(f"unknown form {name!r}; choose one of: {', '.join(FORM_CHOICES)}")
+        shown = name if len(name) <= 40 else name[:40] + "..."
+        raise UserError(f"unknown form {shown!r}; choose one of: {', '.join(FORM_CHOICES)}")
     return FORMS[key]
 
 
@@ -95,12 +99,30 @@ def is_hanzi(ch: str) -> bool:
     return len(ch) == 1 and unicodedata.category(ch) == "Lo" and "CJK" in unicodedata.name(ch, "")
 
 
+def _pypinyin():
+    """pypinyin's (Style, lazy_pinyin), imported on first use. When nothing imported pypinyin before, it
+    is imported without its phrase dictionary (PYPINYIN_NO_PHRASES, set only around the import): one
+    character at a time needs only the character dictionary - the classes of all 8,711 tokens of the
+    shipped vocabulary are the same either way - and loading the phrases was 0.3 s of generate's start."""
+    import os
+    import sys
+
+    if "pypinyin" not in sys.modules and "PYPINYIN_NO_PHRASES" not in os.environ:
+        os.environ["PYPINYIN_NO_PHRASES"] = "1"
+        try:
+            import pypinyin  # noqa: F401  (the import is the point)
+        finally:
+            del os.environ["PYPINYIN_NO_PHRASES"]
+    from pypinyin import Style, lazy_pinyin
+
+    return Style, lazy_pinyin
+
+
 def rhyme_class(ch: str) -> int:
     """Index into RHYME_NAMES of a character's most common reading, or -1 (no pinyin reading)."""
     if not is_hanzi(ch):
         return -1
-    from pypinyin import Style, lazy_pinyin  # lazy: loading its dictionaries takes a moment
-
+    Style, lazy_pinyin = _pypinyin()
     final = lazy_pinyin(ch, style=Style.FINALS, strict=True)[0]
     return _FINAL_TO_CLASS.get(final, -1)
 

@@ -28,6 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import math
+import re
+import unicodedata
 from pathlib import Path
 
 import jax
@@ -39,10 +43,21 @@ from rnnjax.poetry import forms, prosody
 from rnnjax.poetry.errors import UserError
 from rnnjax.poetry.forms import Form
 
-DEFAULT_CHECKPOINTS = ("checkpoints/lstm", "pretrained/tang-lstm")
+# The default model: a training run's folder (train.py's default, relative to the working directory, as
+# train.py writes it; also the repository's own) and the shipped model, found relative to this package
+# so that generate.py works from any directory. `choose_checkpoint` picks among those that exist.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TRAINED_CHECKPOINT = "checkpoints/lstm"
+SHIPPED_CHECKPOINT = REPO_ROOT / "pretrained" / "tang-lstm"
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.9
 DEFAULT_MAX_LEN = 125
+# --max-len: room for a one-character poem and its <EOP>, up to a length no Tang poem comes near.
+MIN_MAX_LEN, MAX_MAX_LEN = 2, 1024
+# --num: the poem index is an int32 in the compiled loop. Poems are written CHUNK at a time (bounded
+# memory whatever --num is; each chunk is printed as it finishes).
+MAX_NUM = 2**31 - 1
+CHUNK = 256
 # Free form closes a line after this many tokens: longer than any line of Tang verse (杂言 included),
 # short enough that a model that never emits punctuation still writes lines, and acrostics finish.
 FREE_LINE_MAX = 16
@@ -50,22 +65,103 @@ FREE_LINE_MAX = 16
 CANDIDATES = 64
 # --rhyme: today's 十三辙 classes by pypinyin finals, or 平水韵 level groups (no tone pattern).
 RHYME_MODES = ("modern", "pingshui")
+# --precision: the weights' dtype while decoding (Generator casts them once).
+PRECISIONS = ("float32", "bfloat16", "float16")
 # Rows of the loop's stacked code table after the 16 templates: --rhyme pingshui for 5- and
 # 7-character lines, then the all-FREE row of every poem without 格律.
 _T_RHYME5, _T_RHYME7, _T_NONE = len(prosody.TEMPLATES), len(prosody.TEMPLATES) + 1, len(prosody.TEMPLATES) + 2
 
 
+def check_max_len(max_len: int) -> int:
+    """The one range check of --max-len (the CLI calls it before the model loads)."""
+    if not MIN_MAX_LEN <= max_len <= MAX_MAX_LEN:
+        raise UserError(f"--max-len must be between {MIN_MAX_LEN} and {MAX_MAX_LEN}, got {max_len}")
+    return max_len
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointChoice:
+    """Which model `choose_checkpoint` picked, what it recorded, and what to tell the user on stderr."""
+
+    path: Path
+    step: int | None = None
+    val_loss: float | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def summary(self) -> str:
+        """'PATH (step N, validation perplexity P)': the line generate prints to stderr."""
+        return f"{_shown(self.path)} ({_quality(self.step, self.val_loss)})"
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when under it."""
+    path = Path(path)
+    if not path.is_absolute():
+        return str(path)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _quality(step: int | None, val_loss: float | None) -> str:
+    where = "step unknown" if step is None else f"step {step}"
+    if val_loss is None or not math.isfinite(val_loss):
+        return f"{where}, no validation perplexity recorded"
+    return f"{where}, validation perplexity {math.exp(min(val_loss, 700)):.1f}"
+
+
+def _default_candidates() -> list[Path]:
+    """The training folder (here, then in the repository), then the shipped model: existing folders, once each."""
+    out, seen = [], set()
+    for cand in (Path(TRAINED_CHECKPOINT), REPO_ROOT / TRAINED_CHECKPOINT, Path(SHIPPED_CHECKPOINT)):
+        if cand.is_dir() and cand.resolve() not in seen:
+            seen.add(cand.resolve())
+            out.append(cand if not cand.is_absolute() else Path(_shown(cand)))
+    return out
+
+
+def choose_checkpoint(path: str | None = None) -> CheckpointChoice:
+    """--checkpoint, else the best default: the candidate with the lower recorded validation perplexity.
+
+    Candidates are `checkpoints/lstm` (a training run) and the shipped `pretrained/tang-lstm`. A folder
+    with no saved step yet (a run stopped before its first save) is skipped with a note. A candidate
+    that recorded a validation perplexity beats one that did not; on a tie, or when neither recorded
+    one, the training run wins. The notes name each candidate not taken and the flag that takes it.
+    """
+    from rnnjax.poetry.checkpoint import has_steps, recorded_quality  # orbax: only when a model loads
+
+    if path is not None:
+        if not path.strip():
+            raise UserError("--checkpoint is empty: give a folder, or leave the flag out for the default")
+        return CheckpointChoice(Path(path), *recorded_quality(path))
+    notes, usable = [], []
+    for cand in _default_candidates():
+        if not has_steps(cand):
+            notes.append(f"note: skipped {cand}: it holds no saved step yet (a training run stopped before "
+                         "its first save, or not a checkpoint folder)")
+            continue
+        usable.append(CheckpointChoice(cand, *recorded_quality(cand)))
+    if not usable:
+        raise UserError(f"no checkpoint found at {TRAINED_CHECKPOINT} or {_shown(SHIPPED_CHECKPOINT)}: train "
+                        "one with `python train.py` or pass --checkpoint DIR")
+
+    def rank(k: int):
+        loss = usable[k].val_loss
+        known = loss is not None and math.isfinite(loss)
+        return (not known, loss if known else 0.0, k)
+
+    best = min(range(len(usable)), key=rank)
+    for k, other in enumerate(usable):
+        if k != best:
+            notes.append(f"note: not using {other.summary}: --checkpoint {_shown(other.path)} uses it")
+    return dataclasses.replace(usable[best], notes=tuple(notes))
+
+
 def resolve_checkpoint(path: str | None) -> Path:
-    """--checkpoint, else the first default that exists (a fresh training run beats the shipped model)."""
-    if path:
-        return Path(path)
-    for cand in DEFAULT_CHECKPOINTS:
-        if Path(cand).is_dir():
-            return Path(cand)
-    raise UserError(
-        f"no checkpoint found at {' or '.join(DEFAULT_CHECKPOINTS)}: train one with `python train.py` "
-        "or pass --checkpoint DIR"
-    )
+    """The folder `choose_checkpoint` picks (kept for scripts that only want the path)."""
+    return choose_checkpoint(path).path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +216,7 @@ class Poem:
     form: str
     seed: int
     index: int         # which poem of the call; with `seed` it fixes the poem
-    complete: bool     # ended with <EOP> (False: cut at max_len)
+    complete: bool     # ended with <EOP> on a finished sentence (False: cut at max_len, or free form after `，`)
     template: str | None = None  # the 格律 template it was written to (--meter), e.g. "仄起入韵"
 
     def _templates(self) -> list[int] | None:
@@ -144,14 +240,44 @@ class Poem:
                           "violations": [dataclasses.asdict(v) for v in r.violations]}}
 
 
+# What ends a line in --prefix / --style text (str.splitlines' breaks, less the rarer controls).
+_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+# Unicode categories no vocabulary holds and OpenCC cannot always take: controls, format, surrogates,
+# private use, unassigned.
+_UNTYPABLE = ("Cc", "Cf", "Cs", "Co", "Cn")
+
+
+def _join_lines(parts: list[str]) -> str:
+    """Text lines -> one text, each line closed by the mark its position needs unless it has one."""
+    out, closed = [], 0  # pieces so far, and how many lines they close
+    for k, part in enumerate(parts):
+        if k and out and out[-1][-1] not in forms.LINE_ENDERS:
+            out.append(forms.COMMA if closed % 2 == 0 else forms.PERIOD)
+            closed += 1
+        part = "".join(part.split()).translate(forms.ASCII_PUNCT)
+        if part:
+            out.append(part)
+            closed += sum(part.count(m) for m in forms.LINE_ENDERS)
+    return "".join(out)
+
+
+def _char_list(chars: list[str], limit: int = 20) -> str:
+    """Characters for a one-line message: invisible or combining ones as U+XXXX, at most `limit`."""
+    def show(c):
+        visible = c.isprintable() and unicodedata.category(c)[0] not in "MZC"
+        return c if visible else f"U+{ord(c):04X}"
+    more = f" (and {len(chars) - limit} more)" if len(chars) > limit else ""
+    return " ".join(show(c) for c in chars[:limit]) + more
+
+
 class Generator:
     """A model and its vocabulary, ready to write poems; compiles once per (batch size, max_len)."""
 
-    def __init__(self, model, vocab, max_len: int = DEFAULT_MAX_LEN):
-        if max_len < 2:
-            raise UserError(f"--max-len must be at least 2, got {max_len}")
+    def __init__(self, model, vocab, max_len: int = DEFAULT_MAX_LEN, precision: str = "float32"):
+        check_max_len(max_len)
         model.eval()
-        self.graphdef, self.params = nnx.split(model)
+        self.precision = precision
+        self.graphdef, self.params = nnx.split(cast_model(model, precision))
         self.vocab = vocab
         self.max_len = max_len
         self.tables = forms.token_tables(vocab)
@@ -192,19 +318,30 @@ class Generator:
 
     # ---- input -------------------------------------------------------------------------------
 
-    def normalize(self, text: str, what: str) -> str:
-        """User text -> characters of the vocabulary: no spaces, full-width punctuation, simplified
-        script (unless the raw characters are already known, e.g. a traditional-script model)."""
+    def normalize(self, text: str, what: str, lines: bool = True) -> str:
+        """User text -> characters of the vocabulary: no spaces, full-width punctuation (ASCII `,.!?;:`),
+        simplified script (unless the raw characters are already known, e.g. a traditional-script model).
+
+        With `lines` (prefix, style) a line break ends a line: it becomes the mark the line needs, `，`
+        after the 1st, 3rd... line and `。` after the 2nd, 4th... (as the forms punctuate), or nothing
+        when the line already ends with one of `，。！？；` (or is empty). Without (acrostic) it is dropped.
+        Control characters and unpaired surrogates are named in the error, as U+XXXX.
+        """
+        if lines:
+            text = _join_lines(_LINE_BREAK.split(text))
         text = "".join(text.split()).translate(forms.ASCII_PUNCT)
         stoi = self.vocab.stoi
         if any(c not in stoi for c in text):
+            odd = [c for c in dict.fromkeys(text) if c not in stoi and unicodedata.category(c) in _UNTYPABLE]
+            if odd:  # OpenCC cannot take surrogates; control characters are never in a vocabulary
+                raise UserError(f"{what} has characters not in the model's vocabulary: {_char_list(odd)}")
             if self._t2s is None:
                 import opencc
                 self._t2s = opencc.OpenCC("t2s")
             text = self._t2s.convert(text)
         unknown = list(dict.fromkeys(c for c in text if c not in stoi))
         if unknown:
-            raise UserError(f"{what} has characters not in the model's vocabulary: {' '.join(unknown)}")
+            raise UserError(f"{what} has characters not in the model's vocabulary: {_char_list(unknown)}")
         return text
 
     def request(self, prefix: str = "", acrostic: str = "", style: str = "", form: str = "auto",
@@ -217,19 +354,21 @@ class Generator:
         """
         rhyme = check_rhyme_flags(form, rhyme, meter)
         prefix = self.normalize(prefix, "the prefix")
-        acrostic = self.normalize(acrostic, "the acrostic")
+        acrostic = self.normalize(acrostic, "the acrostic", lines=False)
         style = self.normalize(style, "the style")
         if prefix and acrostic:
             raise UserError("give either a prefix or an acrostic, not both")
+        check_punctuation(prefix)
         if len(prefix) > self.max_len:
             raise UserError(f"the prefix has {len(prefix)} characters, more than --max-len {self.max_len}")
         if len(style) > self.max_len:
             raise UserError(f"the style has {len(style)} characters, more than --max-len {self.max_len}")
         bad = [c for c in acrostic if not forms.is_hanzi(c)]
         if bad:
-            raise UserError(f"the acrostic must be Chinese characters only, got {' '.join(bad)}")
-        f = forms.parse_form(form) or forms.auto_form(prefix, acrostic)
-        if meter and f.free and form == "auto" and not acrostic:
+            raise UserError(f"the acrostic must be Chinese characters only, got {_char_list(bad)}")
+        chosen = forms.parse_form(form)
+        f = chosen or forms.auto_form(prefix, acrostic)
+        if meter and f.free and chosen is None and not acrostic:
             # auto found no line length in the prefix: 格律 takes the first form the prefix can begin.
             f = next((forms.FORMS[n] for n in ("5x4", "7x4", "5x8", "7x8")
                       if forms.check_prefix(prefix, forms.FORMS[n]) is None), f)
@@ -314,7 +453,7 @@ class Generator:
         out = np.full(len(requests), -1, np.int32)
         for k, (r, pid) in enumerate(zip(requests, poem_ids.tolist())):
             if r.templates:
-                rng = np.random.default_rng([int(seed) & (2**64 - 1), int(pid) & (2**64 - 1), 0x683C5F8B])
+                rng = np.random.default_rng([*_seed_entropy(seed), int(pid) & (2**64 - 1), 0x683C5F8B])
                 out[k] = r.templates[int(rng.integers(len(r.templates)))]
         return out
 
@@ -393,7 +532,7 @@ class Generator:
         specials = np.array([self.vocab.pad_id, self.vocab.eop_id], np.int32)
         out = _decode(
             self.graphdef, self.params, self._meter_tables() if meter else self._tables_dev, arrays, specials,
-            jax.random.key(seed), poem_ids,
+            seed_key(seed), poem_ids,
             np.float32(max(sampling.temperature, 1e-6)), np.int32(sampling.top_k), np.float32(sampling.top_p),
             max_len=self.max_len, mode=sampling.mode, meter=meter,
         )
@@ -410,15 +549,94 @@ class Generator:
             chars.append(self.vocab.itos[i])
         return "".join(chars), False
 
-    def generate(self, requests: list[Request], sampling: Sampling = Sampling(), seed: int = 0) -> list[Poem]:
-        templates = self.choose_templates(requests, seed)
-        ids = self.generate_ids(requests, sampling, seed, templates=templates)
+    def generate(self, requests: list[Request], sampling: Sampling = Sampling(), seed: int = 0,
+                 start: int = 0) -> list[Poem]:
+        """One batched call: poem k is poem `start + k` of the seed (the same whatever the batch).
+
+        A poem is `complete` when it ended with <EOP> on a finished sentence: a free-form poem that
+        stops after `，` (or `；`) is not."""
+        poem_ids = start + np.arange(len(requests), dtype=np.int64)
+        if len(requests) and poem_ids[-1] > MAX_NUM:
+            raise UserError(f"poem index {int(poem_ids[-1])} is past the last one, {MAX_NUM}")
+        templates = self.choose_templates(requests, seed, poem_ids)
+        ids = self.generate_ids(requests, sampling, seed, poem_ids=poem_ids, templates=templates)
         poems = []
         for i, (r, row) in enumerate(zip(requests, ids)):
-            text, complete = self.decode_text(row)
+            text, ended = self.decode_text(row)
+            complete = ended and (not r.form.free or text[-1:] in forms.SENTENCE_ENDERS)
             name = prosody.TEMPLATES[templates[i]].name if templates[i] >= 0 else None
-            poems.append(Poem(text, forms.print_lines(text), r.form.name, seed, i, complete, name))
+            poems.append(Poem(text, forms.print_lines(text), r.form.name, seed, start + i, complete, name))
         return poems
+
+    def generate_many(self, request: Request, num: int, sampling: Sampling = Sampling(), seed: int = 0,
+                      chunk: int | None = None):
+        """`num` poems of one request, yielded `chunk` (default CHUNK) at a time: memory stays that of
+        one chunk whatever `num` is. Every chunk has the same batch shape (the last is padded and cut),
+        so the loop compiles once; poem i is the same as in `generate([request] * num, ...)`."""
+        chunk = max(1, chunk or CHUNK)
+        if not 1 <= num <= MAX_NUM:
+            raise UserError(f"--num must be between 1 and {MAX_NUM}, got {num}")
+        size = min(num, chunk)
+        for start in range(0, num, size):
+            n = min(size, num - start)
+            yield self.generate([request] * size, sampling, seed, start=start)[:n]
+
+
+def _seed_words(seed: int) -> tuple[int, int]:
+    """Two 32-bit words from the decimal digits of any integer (sha256): no two seeds share them by wrapping."""
+    digest = hashlib.sha256(f"rnnjax seed {int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:8], "little")
+
+
+def seed_key(seed: int):
+    """The random key of --seed. 0 <= seed < 2**32 keeps `jax.random.key(seed)` (poems written before
+    stay the same); any other integer, negative or of any size, is hashed from its decimal digits
+    and folded into a key, instead of wrapping modulo 2**32 (which made 4294967296 write seed 0's poems)."""
+    seed = int(seed)
+    if 0 <= seed < 2**32:
+        return jax.random.key(seed)
+    hi, lo = _seed_words(seed)
+    return jax.random.fold_in(jax.random.key(hi), lo)
+
+
+def _seed_entropy(seed: int) -> tuple[int, ...]:
+    """numpy SeedSequence entropy for a seed: itself when it fits 64 bits, else its hash words and a tag."""
+    seed = int(seed)
+    return (seed,) if 0 <= seed < 2**64 else (*_seed_words(seed), 0x5EED)
+
+
+def check_punctuation(prefix: str) -> None:
+    """UserError when the prefix starts with a punctuation mark or puts two together (`，春`, `。`, `，，`):
+    training never shows either, and the decoder itself only writes a mark after a character."""
+    for i, c in enumerate(prefix):
+        if forms.is_hanzi(c):
+            continue
+        if i == 0:
+            raise UserError(f"the prefix starts with {c!r}: a poem begins with a Chinese character")
+        if not forms.is_hanzi(prefix[i - 1]):
+            raise UserError(f"the prefix has {prefix[i - 1:i + 1]!r} at characters {i}-{i + 1}: a punctuation "
+                            "mark follows a Chinese character, one at a time")
+
+
+def cast_model(model, precision: str):
+    """`model` itself for "float32"; else a copy with every weight matrix (embeddings, layer
+    weights, output layer) in `precision` ("bfloat16" or "float16"), biases as they are, and the
+    embedding lookup returning that dtype, so that the layers compute in it: matmul operands in
+    it, sums, gate math and logits in float32 (see rnnjax.recurrent.apply)."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "float32":
+        return model
+    dtype = jnp.dtype(precision)
+    graphdef, params = nnx.split(model)
+
+    def cast(a):
+        floating = jnp.issubdtype(a.dtype, jnp.floating)
+        return a.astype(dtype) if floating and a.ndim >= 2 else a
+
+    copy = nnx.merge(graphdef, jax.tree.map(cast, params))
+    copy.embeddings.dtype = dtype  # nnx.Embed casts its table to `dtype` (float32 by default)
+    return copy
 
 
 def check_rhyme_flags(form: str, rhyme: bool | str | None, meter: bool) -> str | None:
@@ -429,7 +647,8 @@ def check_rhyme_flags(form: str, rhyme: bool | str | None, meter: bool) -> str |
         raise UserError(f"unknown rhyme {rhyme!r}; choose one of: {', '.join(RHYME_MODES)}")
     if meter and rhyme == "modern":
         raise UserError("--meter rhymes in 平水韵 by itself; it cannot be combined with --rhyme modern")
-    if meter and form != "auto" and forms.parse_form(form).name not in prosody.FORM_NAMES:
+    chosen = forms.parse_form(form)
+    if meter and chosen is not None and chosen.name not in prosody.FORM_NAMES:
         raise UserError(f"--meter needs a fixed form ({', '.join(prosody.FORM_NAMES)} or auto), not {form}")
     return rhyme
 
@@ -552,7 +771,10 @@ def _decode(graphdef, params, tab, batch, specials, key, poem_ids, temperature, 
         logits = jax.lax.cond(
             jnp.all(determined),
             lambda: jnp.zeros((b, tab["bias"].shape[1]), jnp.float32),  # the mask alone picks the token
-            lambda: model.linear1(features[0]).astype(jnp.float32),
+            # The output layer in the weights' dtype with float32 sums and logits (a bfloat16 matmul
+            # with a bfloat16 result is slower on CPUs than float32).
+            lambda: jnp.matmul(features[0], model.linear1.kernel[...].astype(features.dtype),
+                               preferred_element_type=jnp.float32) + model.linear1.bias[...],
         )
         logits = logits + tab["bias"][kind]
         if meter:
@@ -560,7 +782,11 @@ def _decode(graphdef, params, tab, batch, specials, key, poem_ids, temperature, 
                 jnp.any(at_rhyme),
                 functools.partial(_rhyme_bias, tab, s["rhyme_groups"], s["used_rhymes"], at_rhyme),
                 lambda x: x, logits)
-        sampled = _choose(s["t"], logits, temperature, top_k, top_p, poem_keys, mode)
+        if mode == "greedy":
+            sampled = _argmax(logits)
+        else:  # where the mask alone picks every token, no top-k (a partial sort) is needed
+            sampled = jax.lax.cond(jnp.all(determined), lambda: _argmax(logits),
+                                   lambda: _choose(s["t"], logits, temperature, top_k, top_p, poem_keys, mode))
         tok = jnp.where(forced >= 0, forced, jnp.where(use_head, head, sampled))
         tok = jnp.where(s["done"], pad_id, tok)
 

@@ -14,9 +14,11 @@ import collections
 import dataclasses
 import json
 import math
+import os
 import signal
 import threading
 import time
+import uuid
 from functools import partial
 from pathlib import Path
 
@@ -43,6 +45,9 @@ PLOT_NAME = "loss.png"
 # Flags whose change makes an existing checkpoint unusable (shape, data, data order).
 _MUST_MATCH = ("cell", "vocab_size", "embedding_dim", "hidden_dim", "num_layers", "data_fingerprint")
 _MUST_MATCH_FLAGS = ("batch_size", "seed", "val_fraction")
+# Flags that may change on resume (training goes on from the checkpoint with the new value); each
+# change is said on stderr and kept in config.json's `flag_changes` (step, flag, from, to).
+_MAY_CHANGE = ("lr", "clip", "dropout", "precision")
 
 # Incremented when a function is traced: under jit a trace is a compile, so this counts compiles.
 TRACES: collections.Counter = collections.Counter()
@@ -55,25 +60,35 @@ def make_optimizer(lr: float, clip: float) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(clip), optax.adam(lr))
 
 
-def _nll_sum(graphdef, params, rest, inputs, targets, mask, key, deterministic):
+def compute_dtype(precision: str):
+    """`TrainConfig.precision` -> the dtype the model computes in (None: its parameters', float32)."""
+    return {"float32": None, "bfloat16": jnp.bfloat16}[precision]
+
+
+def _nll_sum(graphdef, params, rest, inputs, targets, mask, key, deterministic, precision="float32"):
     """Summed negative log-likelihood of the real (mask 1) targets."""
     model = nnx.merge(graphdef, params, rest)
-    return model.nll_sum(inputs, targets, mask, deterministic=deterministic, rngs=key)
+    return model.nll_sum(inputs, targets, mask, deterministic=deterministic, rngs=key,
+                         dtype=compute_dtype(precision))
 
 
-@partial(jax.jit, static_argnames=("graphdef", "dropout"), donate_argnums=(0, 1))
+@partial(jax.jit, static_argnames=("graphdef", "dropout", "precision"), donate_argnums=(0, 1))
 def train_step(params, opt_state, rest, inputs, targets, mask, base_key, step, lr, clip, *, graphdef,
-               dropout):
+               dropout, precision="float32"):
     """One Adam step on the mean cross-entropy over real tokens. Returns (params, opt_state, loss, ok),
     `ok` False when the loss or any new parameter is not finite.
 
-    `lr` and `clip` are traced, not static: changing them (e.g. on resume) does not recompile."""
+    `lr` and `clip` are traced, not static: changing them (e.g. on resume) does not recompile.
+    `precision` "bfloat16" is mixed precision: the embeddings are cast to bfloat16, so every matmul
+    of the layers and the output layer takes bfloat16 operands (weights cast inside), accumulating in
+    float32; the parameters, their gradients, Adam's state, the loss and its log-sum-exp stay float32
+    (see `rnnjax.recurrent.apply` and `rnnjax.losses`)."""
     TRACES["train"] += 1
     key = jax.random.fold_in(base_key, step) if dropout else None
     count = jnp.maximum(jnp.sum(mask), 1.0)
 
     def loss_fn(p):
-        return _nll_sum(graphdef, p, rest, inputs, targets, mask, key, not dropout) / count
+        return _nll_sum(graphdef, p, rest, inputs, targets, mask, key, not dropout, precision) / count
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = make_optimizer(lr, clip).update(grads, opt_state, params)
@@ -84,11 +99,12 @@ def train_step(params, opt_state, rest, inputs, targets, mask, base_key, step, l
     return params, opt_state, loss, ok
 
 
-@partial(jax.jit, static_argnames=("graphdef",))
-def eval_step(params, rest, inputs, targets, mask, *, graphdef):
-    """(summed NLL, real-token count) of one batch, dropout off."""
+@partial(jax.jit, static_argnames=("graphdef", "precision"))
+def eval_step(params, rest, inputs, targets, mask, *, graphdef, precision="float32"):
+    """(summed NLL, real-token count) of one batch, dropout off. Training validates in float32
+    whatever its precision: the figure is the model's, not the arithmetic's."""
     TRACES["eval"] += 1
-    return _nll_sum(graphdef, params, rest, inputs, targets, mask, None, True), jnp.sum(mask)
+    return _nll_sum(graphdef, params, rest, inputs, targets, mask, None, True, precision), jnp.sum(mask)
 
 
 @partial(jax.jit, static_argnames=("graphdef",))
@@ -135,6 +151,14 @@ class TrainResult:
         return 128 + self.signum if self.signum else 0
 
 
+class Aborted(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM: stop at once, without saving (`signum` is the second signal)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class _StopRequest:
     """SIGINT/SIGTERM set a flag so the loop finishes its step and saves; a second one aborts."""
 
@@ -143,9 +167,13 @@ class _StopRequest:
         self._say = say
         self._old = {}
 
+    def __call__(self) -> bool:
+        """Whether a stop was requested (the loop and the validation pass ask between batches)."""
+        return self.signum is not None
+
     def _handler(self, signum, frame):
         if self.signum is not None:
-            raise KeyboardInterrupt
+            raise Aborted(signum)
         self.signum = signum
         self._say(f"{signal.Signals(signum).name}: finishing this step and saving (again to abort)")
 
@@ -166,6 +194,33 @@ def _append_line(path: Path, text: str) -> None:
             f.write(text + "\n")
 
 
+def _metrics_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _sample_step(line: str) -> int | None:
+    head = line.split(":", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _drop_lines_after(path: Path, step: int, step_of) -> None:
+    """Keep the lines of `path` written at or before `step` (rewritten atomically, process 0 only).
+
+    A run killed after logging step N but before saving it resumes from an earlier step and logs
+    N again: without this, metrics.jsonl and samples.txt would hold N twice. A line cut short by the
+    kill (no newline at its end) goes too.
+    """
+    if jax.process_index() != 0 or not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    kept = [line for line in lines if line.endswith("\n") and (s := step_of(line)) is not None and s <= step]
+    if len(kept) != len(lines):
+        atomic_write(path, lambda f: f.write("".join(kept).encode("utf-8")))
+
+
 def plot_losses(ckpt_dir) -> Path | None:
     """loss.png from metrics.jsonl (Agg canvas: no display, no global pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -174,7 +229,12 @@ def plot_losses(ckpt_dir) -> Path | None:
     path = Path(ckpt_dir) / METRICS_NAME
     if not path.exists() or jax.process_index() != 0:
         return None
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    by_step = {}  # one point per step, the last logged (files from before duplicates were dropped)
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if _metrics_step(line) is not None:
+            row = json.loads(line)
+            by_step[row["step"]] = row
+    rows = [by_step[k] for k in sorted(by_step)]
     train_pts = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
     val_pts = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
     fig = Figure(figsize=(7, 4))
@@ -192,6 +252,13 @@ def plot_losses(ckpt_dir) -> Path | None:
     return atomic_write(Path(ckpt_dir) / PLOT_NAME, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
+def _flag_changes(old: dict, new: dict, step: int) -> list[dict]:
+    """The `_MAY_CHANGE` flags whose value differs from the run that saved the checkpoint."""
+    old_flags = old.get("flags") or {}
+    return [{"step": step, "flag": k, "from": old_flags[k], "to": new["flags"][k]} for k in _MAY_CHANGE
+            if k in old_flags and old_flags[k] != new["flags"][k]]
+
+
 def _mismatches(old: dict, new: dict) -> list[str]:
     diffs = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in _MUST_MATCH if old.get(k) != new[k]]
     diffs[:] = [d if not d.startswith("data_fingerprint") else "data file differs (fingerprint)" for d in diffs]
@@ -206,11 +273,41 @@ def _mismatches(old: dict, new: dict) -> list[str]:
 # ---- set-up --------------------------------------------------------------------------------------
 
 
-def _initialize_distributed() -> None:
+_ENV = {"coordinator": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
+        "process_id": "JAX_PROCESS_ID"}
+
+
+def distributed_settings(cfg: TrainConfig, environ=os.environ) -> dict:
+    """`jax.distributed.initialize` keywords: each flag, else its environment variable, else left to
+    jax (which detects Slurm, Open MPI, Kubernetes and Cloud TPU on its own)."""
+    kwargs = {}
+    for field, var in _ENV.items():
+        value = getattr(cfg, field)
+        if value is None and environ.get(var, "").strip():
+            value = environ[var].strip()
+            if field != "coordinator":
+                try:
+                    value = int(value)
+                except ValueError:
+                    raise UserError(f"{var}={environ[var]!r} is not an integer") from None
+        if value is not None:
+            kwargs["coordinator_address" if field == "coordinator" else field] = value
+    n, i = kwargs.get("num_processes"), kwargs.get("process_id")
+    if n is not None and n < 1:
+        raise UserError(f"--num-processes must be at least 1, got {n}")
+    if i is not None and (i < 0 or (n is not None and i >= n)):
+        raise UserError(f"--process-id must be in [0, {n if n is not None else 'num-processes'}), got {i}")
+    return kwargs
+
+
+def _initialize_distributed(cfg: TrainConfig) -> None:
+    kwargs = distributed_settings(cfg)
     try:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**kwargs)
     except (RuntimeError, ValueError) as e:
-        raise UserError(f"--distributed: jax.distributed.initialize() failed: {e}") from None
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "settings detected from the cluster"
+        raise UserError(f"--distributed: jax.distributed.initialize({shown}) failed: "
+                        f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,9 +325,16 @@ def _load_data(cfg: TrainConfig, say) -> _Data:
     from rnnjax.poetry.data import fingerprint, load_npz, prepare_dataset, train_val_split, unpad
 
     path = Path(cfg.data)
+    if path.is_dir():
+        raise UserError(f"--data {path} is a folder, not a prepared .npz corpus "
+                        f"(`python -m rnnjax.poetry data --out FILE` prepares one)")
     if not path.exists():
         say(f"{path} not found: preparing it (downloads the chinese-poetry corpus once)")
-        prepare_dataset(out=path)
+        try:
+            prepare_dataset(out=path)
+        except UserError as e:  # its advice names the data command's flags: say how to run that command
+            raise UserError(str(e).replace("pass --source DIR", f"run `python -m rnnjax.poetry data --source DIR "
+                                           f"--out {path}`")) from None
     tokens, vocab = load_npz(path)
     train_poems, val_poems = train_val_split(unpad(tokens, vocab), cfg.val_fraction, cfg.seed)
     if not train_poems:
@@ -255,6 +359,17 @@ def _claim_folder(ckpt_dir: Path, record: dict) -> bool:
         raise UserError(f"{ckpt_dir} has checkpoint steps but no {ckpt.CONFIG_NAME}; "
                         f"use another --checkpoint-dir")
     return has_steps
+
+
+def _check_writable(ckpt_dir: Path) -> None:
+    """One line (not an OSError traceback) when the checkpoint folder cannot be created or written."""
+    probe = ckpt_dir / f".write-test-{uuid.uuid4().hex[:12]}"
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--checkpoint-dir {ckpt_dir} is not writable: {e.strerror or e}") from None
 
 
 def _val_batches(data: _Data, batcher, cfg: TrainConfig) -> list:
@@ -287,9 +402,11 @@ class _State:
         self.params = jax.device_put(params, replicated)
         self.rest = jax.device_put(rest, replicated)
         self.opt_state = jax.device_put(make_optimizer(cfg.lr, cfg.clip).init(self.params), replicated)
-        self.base_key = jax.device_put(jax.random.key(cfg.seed), replicated)
+        # Made by a jit with replicated output: device_put cannot place a key on other processes' devices.
+        self.base_key = jax.jit(partial(jax.random.key, cfg.seed), out_shardings=replicated)()
         self.n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.params))
-        self._static = dict(graphdef=self.graphdef, dropout=bool(cfg.dropout and cfg.num_layers > 1))
+        self._static = dict(graphdef=self.graphdef, dropout=bool(cfg.dropout and cfg.num_layers > 1),
+                            precision=cfg.precision)
         self._hyper = (np.float32(cfg.lr), np.float32(cfg.clip))
 
     def _put(self, array):
@@ -300,19 +417,38 @@ class _State:
         self.params, self.opt_state, loss, ok = train_step(
             self.params, self.opt_state, self.rest, self._put(batch.inputs), self._put(batch.targets),
             self._put(batch.mask), self.base_key, np.int32(step), *self._hyper, **self._static)
-        return float(loss), bool(ok)
+        return _scalar(loss), bool(_local_copy(ok))
 
-    def val_loss(self, batches) -> float | None:
-        """Mean negative log-likelihood per real token over `batches`; None without batches."""
-        if not batches:
+    def val_loss(self, batches, stop=None) -> float | None:
+        """Mean negative log-likelihood per real token over `batches`; None without batches, or when
+        `stop()` turns true: it is asked between batches, each waited for, so Ctrl-C ends a long
+        validation pass within a batch."""
+        sums = []
+        for b in batches:
+            if stop is not None and stop():
+                return None
+            sums.append(jax.block_until_ready(eval_step(
+                self.params, self.rest, self._put(b.inputs), self._put(b.targets), self._put(b.mask),
+                graphdef=self.graphdef)))
+        if not sums:
             return None
-        sums = [eval_step(self.params, self.rest, self._put(b.inputs), self._put(b.targets), self._put(b.mask),
-                          graphdef=self.graphdef) for b in batches]
-        nll, count = (float(sum(s[i] for s in sums)) for i in (0, 1))
+        nll, count = (_scalar(sum(s[i] for s in sums)) for i in (0, 1))
         return nll / max(count, 1.0)
 
     def sample(self, vocab, prefix: str) -> str:
-        return greedy_sample(self.graphdef, self.params, self.rest, vocab, prefix)
+        """Greedy sample with this process's copy of the parameters (no cross-process computation)."""
+        local = lambda tree: jax.tree.map(_local_copy, tree)  # noqa: E731
+        return greedy_sample(self.graphdef, local(self.params), local(self.rest), vocab, prefix)
+
+
+def _local_copy(x):
+    """A replicated array's copy on this process's first device (the whole array)."""
+    return x.addressable_data(0) if isinstance(x, jax.Array) else x
+
+
+def _scalar(x) -> float:
+    """float() of a replicated scalar, also when it spans other processes' devices."""
+    return float(_local_copy(x))
 
 
 @dataclasses.dataclass
@@ -347,6 +483,14 @@ class _Meter:
 # ---- the loop ------------------------------------------------------------------------------------
 
 
+def _silent(*_) -> None:
+    pass
+
+
+def _not_process_0(*_) -> None:
+    pass
+
+
 class _Run:
     """One train() call's position and schedule: what happens after each step, and the files it writes."""
 
@@ -354,6 +498,9 @@ class _Run:
         from rnnjax.poetry.data import BucketBatcher
 
         self.cfg, self.data, self.state, self.mngr, self.say, self.t_call = cfg, data, state, manager, say, t_call
+        # Where training starts and ends is said by every process (so each one's log shows it), others by process 0.
+        self.say_all = say if jax.process_count() == 1 or say is _silent else \
+            (lambda msg: tqdm.write(f"process {jax.process_index()}/{jax.process_count()}: {msg}"))
         self.ckpt_dir = Path(cfg.checkpoint_dir)
         self.step, self.last_saved, self.wall_offset = 0, None, 0.0
         self.batcher = BucketBatcher(data.train, cfg.batch_size, cfg.seed, pad_id=data.vocab.pad_id)
@@ -367,12 +514,26 @@ class _Run:
         self.bar = None
 
     def restore(self) -> None:
-        """Continue from the latest saved step."""
-        latest = self.mngr.latest_step()
+        """Continue from the latest good step. A damaged step (its files or arrays differ from what was
+        saved) is moved aside as `damaged-step-N`, with a one-line warning, and the one before is tried."""
         s = self.state
-        s.params, s.opt_state, meta = ckpt.restore_step(self.mngr, latest, s.params, s.opt_state)
-        self.step, self.last_saved = int(meta["step"]), latest
-        self.wall_offset = float(meta.get("wall_time", 0.0))
+        for step in sorted(self.mngr.all_steps(), reverse=True):
+            try:
+                s.params, s.opt_state, meta = ckpt.restore_step(self.mngr, step, s.params, s.opt_state)
+            except ckpt.DamagedCheckpoint as e:
+                moved = ckpt.set_aside(self.mngr, step)
+                self.say(f"warning: skipping step {step}: {e}; moved it to {moved.name}")
+                continue
+            self.step, self.last_saved = int(meta["step"]), step
+            self.wall_offset = float(meta.get("wall_time", 0.0))
+            return
+        raise UserError(f"no readable step left in {self.ckpt_dir} (the damaged ones were moved to "
+                        f"{ckpt.DAMAGED_PREFIX}*); rerun to start from step 0, or use another --checkpoint-dir")
+
+    def drop_later_logs(self) -> None:
+        """metrics.jsonl and samples.txt as they were at the step training continues from."""
+        _drop_lines_after(self.ckpt_dir / METRICS_NAME, self.step, _metrics_step)
+        _drop_lines_after(self.ckpt_dir / SAMPLES_NAME, self.step, _sample_step)
 
     def announce(self) -> None:
         cfg, data, devices, b = self.cfg, self.data, self.state.devices, self.batcher
@@ -381,8 +542,8 @@ class _Run:
                  f"device(s); {len(data.train):,} train / {len(data.val):,} val poems, {self.per_epoch} batches "
                  f"of {cfg.batch_size} per epoch in buckets {b.bucket_lengths} ({b.padding_fraction():.1%} padding)")
         if self.step:
-            self.say(f"resuming from step {self.step} (epoch {self.step // self.per_epoch + 1}, batch "
-                     f"{self.step % self.per_epoch}) in {self.ckpt_dir}")
+            self.say_all(f"resuming from step {self.step} (epoch {self.step // self.per_epoch + 1}, batch "
+                         f"{self.step % self.per_epoch}) in {self.ckpt_dir}")
 
     def open_bar(self, progress: bool | None) -> None:
         self.bar = tqdm(total=self.total, initial=self.step, unit="step", dynamic_ncols=True, smoothing=0.1,
@@ -420,14 +581,18 @@ class _Run:
         elif self.deadline is not None and time.monotonic() >= self.deadline:
             self.result.stopped = "time_budget"
 
-    def after_step(self, epoch: int, index: int) -> bool:
-        """The schedule: validate, log, sample, save. True when this was the last step of the call."""
-        cfg, stopped = self.cfg, self.result.stopped
-        finishing = self.step >= self.total or stopped != "done"
+    def after_step(self, epoch: int, index: int, stop: _StopRequest) -> bool:
+        """The schedule: validate, log, sample, save. True when this was the last step of the call.
+        A stop requested during validation abandons it (no validation loss) and saves."""
+        cfg = self.cfg
+        finishing = self.step >= self.total or self.result.stopped != "done"
         due = lambda every: bool(every) and self.step % every == 0  # noqa: E731
         val_loss = None
-        if index == self.per_epoch - 1 or due(cfg.eval_every) or (finishing and stopped != "signal"):
-            val_loss = self.evaluate(epoch)
+        if index == self.per_epoch - 1 or due(cfg.eval_every) or (finishing and self.result.stopped != "signal"):
+            val_loss = self.evaluate(epoch, stop)
+            self.check_stop(stop)
+            finishing = finishing or self.result.stopped != "done"
+        stopped = self.result.stopped
         if val_loss is not None or finishing or due(cfg.log_every):
             self.log(epoch, index, val_loss)
         if cfg.sample_every and (due(cfg.sample_every) or (finishing and stopped == "done")):
@@ -436,8 +601,8 @@ class _Run:
             self.save(val_loss)
         return finishing
 
-    def evaluate(self, epoch: int) -> float | None:
-        val_loss = self.state.val_loss(self.val_batches)
+    def evaluate(self, epoch: int, stop=None) -> float | None:
+        val_loss = self.state.val_loss(self.val_batches, stop)
         if val_loss is not None:
             self.result.val_loss = val_loss
             self.say(f"step {self.step} (epoch {epoch + 1}): val loss {val_loss:.4f}, "
@@ -451,7 +616,9 @@ class _Run:
             "val_ppl": math.exp(min(val_loss, 700)) if val_loss is not None else None,
             "tokens_per_s": rate, "wall_time": round(self.wall_time(), 3)}))
         if self.bar.disable and self.cfg.log_every and self.step % self.cfg.log_every == 0:
-            self.say(f"step {self.step}/{self.total}: loss {loss:.4f}, {rate or 0:,.0f} tokens/s")
+            # "-": every step since the last line compiled, and compile time is not throughput.
+            self.say(f"step {self.step}/{self.total}: loss {loss:.4f}, "
+                     f"{f'{rate:,.0f}' if rate else '-'} tokens/s")
 
     def sample(self) -> str:
         text = self.state.sample(self.data.vocab, self.cfg.sample_prefix)
@@ -479,7 +646,7 @@ class _Run:
         plot_losses(self.ckpt_dir)
         how = {"done": "finished", "time_budget": "time budget reached",
                "signal": f"stopped by {signal.Signals(result.signum).name}" if result.signum else ""}[result.stopped]
-        self.say(f"{how} at step {self.step}; checkpoint in {self.ckpt_dir}"
+        self.say_all(f"{how} at step {self.step}; checkpoint in {self.ckpt_dir}"
                  + (f"; {result.tokens_per_s:,.0f} real tokens/s" if result.tokens_per_s else "")
                  + f"; compiles: train {result.compiles['train']} (bucket lengths {len(self.batcher.bucket_lengths)}), "
                    f"eval {result.compiles['eval']}, sample {result.compiles['decode']}"
@@ -498,9 +665,10 @@ def train(config: TrainConfig | None = None, /, *, progress: bool | None = None,
     tqdm bar (None: only on a terminal); `quiet`: no messages.
     """
     cfg = dataclasses.replace(config or TrainConfig(), **flags)  # TrainConfig checks every flag
-    say = (lambda *_: None) if quiet else (lambda msg: tqdm.write(str(msg)))
-    if cfg.distributed:
-        _initialize_distributed()
+    if cfg.distributed or any(getattr(cfg, k) is not None for k in _ENV):
+        _initialize_distributed(cfg)
+    # With several processes only process 0 speaks (and writes the shared files).
+    say = _silent if quiet else (lambda msg: tqdm.write(str(msg))) if jax.process_index() == 0 else _not_process_0
     t_call = time.monotonic()
     data = _load_data(cfg, say)
     ckpt_dir = Path(cfg.checkpoint_dir or f"checkpoints/{cfg.cell}")
@@ -508,9 +676,18 @@ def train(config: TrainConfig | None = None, /, *, progress: bool | None = None,
     record = ckpt.config_record(cfg.model_config(len(data.vocab)), data.vocab, data.fingerprint, data.path,
                                 dataclasses.asdict(cfg))
     resume = _claim_folder(ckpt_dir, record)
+    _check_writable(ckpt_dir)
     run = _Run(cfg, data, _State(cfg, len(data.vocab)), ckpt.open_manager(ckpt_dir), say, t_call)
     if resume:
         run.restore()
+    run.drop_later_logs()
+    if resume:
+        old = ckpt.load_config(ckpt_dir)
+        changes = _flag_changes(old, record, run.step)
+        record["flag_changes"] = list(old.get("flag_changes") or []) + changes
+        if changes:
+            say("changed since the last run: " + ", ".join(f"{c['flag']} {c['from']!r} -> {c['to']!r}"
+                                                            for c in changes) + f" (from step {run.step})")
     ckpt.save_config(ckpt_dir, record)
     run.announce()
     if run.step >= run.total:
@@ -526,9 +703,15 @@ def train(config: TrainConfig | None = None, /, *, progress: bool | None = None,
             for epoch, index, batch in run.batches():
                 run.train_on(epoch, batch)
                 run.check_stop(stop)
-                if run.after_step(epoch, index):
+                if run.after_step(epoch, index, stop):
                     break
-    finally:
+    except Aborted:  # a second signal: no waiting, not even for a save it interrupted (the next run
+        run.bar.close()  # removes orbax's unfinished step, as after a kill)
+        raise
+    except BaseException:
         run.bar.close()
         run.mngr.close()
+        raise
+    run.bar.close()
+    run.mngr.close()
     return run.finish(traces_at_start)

@@ -22,6 +22,9 @@ def test_keeps_float16_when_quality_holds(trained):
     assert kept == "float16"
     assert abs(ppl["float16"] / ppl["float32"] - 1) <= 0.005
     assert load_config(root / "out16")["param_dtype"] == "float16"
+    # What generate weighs when it picks its default model: the source step and the measured quality.
+    from rnnjax.poetry.checkpoint import recorded_quality
+    assert recorded_quality(root / "out16") == (recorded_quality(ckpt)[0], pytest.approx(np.log(ppl["float16"])))
     m16, _, _ = load_model(root / "out16")
     m32, _, _ = load_model(ckpt)
     a, b = m16.torch_state_dict(), m32.torch_state_dict()

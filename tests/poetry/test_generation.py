@@ -71,13 +71,16 @@ def assert_well_formed(text, complete, form, request_kw):
     else:
         lines = re.findall("[^，。！？；]*[，。！？；]|[^，。！？；]+$", text)
         assert all(line[0] not in "，。！？；、" for line in lines), text
-        if complete:
+        ended = len(text) < MAX_LEN  # with <EOP>, not cut at max_len
+        if ended:
             assert text and text[-1] in "，。！？；", text
+        # complete: ended with <EOP> on a finished sentence (an acrostic's last line may end on `，`)
+        assert complete == (ended and text[-1:] in "。！？"), text
     if request_kw.get("prefix"):
         assert text.startswith(request_kw["prefix"]), text
     if request_kw.get("acrostic"):
         heads = request_kw["acrostic"]
-        assert complete and len(lines) == len(heads), (text, heads)
+        assert (complete or form.free) and len(lines) == len(heads), (text, heads)
         assert all(line[0] == h for line, h in zip(lines, heads)), text
 
 
@@ -304,6 +307,10 @@ def test_cli_corrupt_checkpoint_and_default(ckpt, tmp_path, capsys, monkeypatch)
     bad.mkdir()
     (bad / "config.json").write_text("{not json")
     monkeypatch.chdir(tmp_path)
+    # No default at all: neither a training folder here nor a shipped model (the repository's is found
+    # from any directory, so it is pointed elsewhere).
+    monkeypatch.setattr("rnnjax.poetry.generation.REPO_ROOT", tmp_path)
+    monkeypatch.setattr("rnnjax.poetry.generation.SHIPPED_CHECKPOINT", tmp_path / "nothing")
     for args, match in ((["--checkpoint", str(bad)], "corrupt"), ([], "--checkpoint")):
         with pytest.raises(SystemExit) as e:
             _generate_main()(args)
