@@ -15,6 +15,7 @@ from rnnjax.poetry.checkpoint import load_config, load_model
 from rnnjax.poetry.data import EOP, MAX_LEN, PAD, START, fingerprint, import_tutorial
 from rnnjax.poetry.evaluate import validation_perplexity
 from rnnjax.poetry.export import main
+from tutorial_net import Net
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 POEMS = ["白日依山尽，黄河入海流。欲穷千里目，更上一层楼。",
@@ -23,27 +24,6 @@ POEMS = ["白日依山尽，黄河入海流。欲穷千里目，更上一层楼�
 E, H = 8, 16
 
 
-class Net(nn.Module):
-    """The tutorial's model, verbatim apart from comments."""
-
-    def __init__(self, vocab_size, embedding_dim, hidden_dim):
-        super(Net, self).__init__()
-        self.hidden_dim = hidden_dim
-        self.embeddings = nn.Embedding(vocab_size, embedding_dim)
-        self.lstm = nn.LSTM(embedding_dim, self.hidden_dim, num_layers=2, batch_first=False)
-        self.linear1 = nn.Linear(self.hidden_dim, vocab_size)
-
-    def forward(self, input, hidden=None):
-        seq_len, batch_size = input.size()
-        if hidden is None:
-            h_0 = input.data.new(2, batch_size, self.hidden_dim).fill_(0).float()
-            c_0 = input.data.new(2, batch_size, self.hidden_dim).fill_(0).float()
-        else:
-            h_0, c_0 = hidden
-        embeds = self.embeddings(input)
-        output, hidden = self.lstm(embeds, (h_0, c_0))
-        output = self.linear1(output.view(seq_len * batch_size, -1))
-        return output, hidden
 
 
 def tutorial_npz(path, poems=POEMS):
