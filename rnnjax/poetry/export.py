@@ -19,11 +19,14 @@ from rnnjax.poetry.errors import UserError, cli_main
 CANDIDATES = ("float16", "bfloat16")
 
 
+TOLERANCE = 0.005  # relative validation-perplexity change a half-precision export may cost
+
+
 def _folder_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
-def export(checkpoint, out, data=DEFAULT_DATA, tolerance=0.005, say=print) -> tuple[str, dict]:
+def export(checkpoint, out, data=DEFAULT_DATA, tolerance=TOLERANCE, say=print) -> tuple[str, dict]:
     """Returns (dtype kept, {dtype: perplexity})."""
     import math
 
@@ -82,9 +85,10 @@ def main(argv=None) -> None:
                "with gru.* / rnn.* keys, for a Net whose recurrent layer is that cell.")
     p.add_argument("--checkpoint", metavar="DIR", help="training checkpoint folder (best step is used) or exported model")
     p.add_argument("--out", metavar="DIR", help="new folder to write, e.g. pretrained/tang-lstm")
-    p.add_argument("--data", help="corpus for validation perplexity (half-precision export; default data/tang.npz)")
+    p.add_argument("--data", help="corpus for validation perplexity (half-precision export; "
+                   f"default {DEFAULT_DATA})")
     p.add_argument("--tolerance", type=float, help="allowed relative perplexity change (half-precision export; "
-                   "default 0.005)")
+                   f"default {TOLERANCE})")
     p.add_argument("--to-torch", metavar="FILE.pth",
                    help="write --checkpoint as the state dict the tutorial's Net loads (strict=True), float32, "
                         "plus the vocabulary beside it as FILE.vocab.json")
@@ -124,8 +128,8 @@ def main(argv=None) -> None:
         if not args.checkpoint or not args.out:
             raise UserError(f"{'--checkpoint' if not args.checkpoint else '--out'} is required; modes: {_MODES}")
         export(args.checkpoint, args.out,
-               "data/tang.npz" if args.data is None else args.data,
-               0.005 if args.tolerance is None else args.tolerance)
+               DEFAULT_DATA if args.data is None else args.data,
+               TOLERANCE if args.tolerance is None else args.tolerance)
 
 if __name__ == "__main__":
     main()

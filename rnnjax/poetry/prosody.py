@@ -85,6 +85,7 @@ from typing import NamedTuple
 import numpy as np
 import opencc
 
+from rnnjax.poetry.config import DEFAULT_DATA
 from rnnjax.poetry.errors import UserError
 
 __all__ = [
@@ -759,7 +760,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m rnnjax.poetry meter",
         description="格律 of a corpus (how many of its 绝句 and 律诗 keep the tones and rhyme of "
                     "平水韵) or of one poem (--poem).")
-    parser.add_argument("--data", default="data/tang.npz", help="the corpus (.npz)")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="the corpus (.npz)")
     parser.add_argument("--poem", help="check this one poem and show its tones instead")
     parser.add_argument("--examples", type=int, default=0, metavar="N",
                         help="also show the first N corpus poems of each form that fail")
