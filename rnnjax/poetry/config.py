@@ -16,6 +16,7 @@ from rnnjax.poetry.errors import UserError
 
 CELLS = ("lstm", "gru", "rnn")
 PRECISIONS = ("float32", "bfloat16")  # train.py --precision: see TrainConfig.precision
+SCHEDULES = ("constant", "cosine", "linear")  # train.py --schedule: see rnnjax.poetry.training.lr_schedule
 DEFAULT_DATA = "data/tang.npz"  # the prepared corpus: `python -m rnnjax.poetry data` writes it
 
 
@@ -61,8 +62,8 @@ class TrainConfig:
 
     ``config.json`` keeps them all as ``flags`` (`checkpoint_dir` resolved); a folder trained with
     another cell, size, data file, batch size, seed or validation fraction is refused on resume.
-    `lr`, `clip`, `dropout` and `precision` may change on resume: the change is said and kept in
-    ``flag_changes``.
+    `lr`, the schedule's flags, `clip`, `dropout` and `precision` may change on resume: the change is
+    said and kept in ``flag_changes``.
     """
 
     cell: str = _flag(ModelConfig.cell, "recurrent cell", _MODEL, choices=CELLS)
@@ -72,7 +73,13 @@ class TrainConfig:
     dropout: float = _flag(ModelConfig.dropout, "dropout between recurrent layers", _MODEL)
     epochs: int = _flag(20, "passes over the training poems", _OPT)
     batch_size: int = _flag(128, "poems per step; a multiple of the device count", _OPT)
-    lr: float = _flag(1e-3, "Adam learning rate", _OPT)
+    lr: float = _flag(1e-3, "Adam learning rate (the peak, with a schedule)", _OPT)
+    schedule: str = _flag("constant", "learning rate after the warmup: constant, or a cosine or linear decay "
+                                      "from --lr to --lr-floor x --lr over --decay-steps", _OPT, choices=SCHEDULES)
+    warmup_steps: int = _flag(0, "linear warmup from 0 to --lr over this many steps (0: none)", _OPT)
+    decay_steps: int | None = _flag(None, "step at which the decay reaches its floor (default: the run's last "
+                                          "step, --epochs x batches per epoch, or --max-steps)", _OPT)
+    lr_floor: float = _flag(0.1, "where the decay ends, as a fraction of --lr", _OPT)
     clip: float = _flag(1.0, "gradient clipping by global norm", _OPT)
     precision: str = _flag("float32", "matmul inputs and activations: bfloat16 is mixed precision (float32 "
                                       "parameters, gradients, optimizer state and loss); checkpoints are float32 "
@@ -106,6 +113,8 @@ class TrainConfig:
         """UserError naming the flag, before any data is read."""
         if self.cell not in CELLS:
             raise UserError(f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("epochs", "batch_size", "embedding_dim", "hidden_dim", "num_layers"):
@@ -119,6 +128,14 @@ class TrainConfig:
         for name in ("dropout", "val_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"{flag_name(name)} must be in [0, 1), got {getattr(self, name)}")
+        if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
+            raise UserError(f"--warmup-steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if not 0.0 <= self.lr_floor <= 1.0:
+            raise UserError(f"--lr-floor must be in [0, 1] (a fraction of --lr), got {self.lr_floor}")
+        if self.decay_steps is not None and not (isinstance(self.decay_steps, int)
+                                                 and self.decay_steps > self.warmup_steps):
+            raise UserError(f"--decay-steps must be an integer above --warmup-steps ({self.warmup_steps}), "
+                            f"got {self.decay_steps!r}")
         for name in ("max_steps", "time_budget"):
             value = getattr(self, name)
             if value is not None and not value > 0:

@@ -47,7 +47,7 @@ _MUST_MATCH = ("cell", "vocab_size", "embedding_dim", "hidden_dim", "num_layers"
 _MUST_MATCH_FLAGS = ("batch_size", "seed", "val_fraction")
 # Flags that may change on resume (training goes on from the checkpoint with the new value); each
 # change is said on stderr and kept in config.json's `flag_changes` (step, flag, from, to).
-_MAY_CHANGE = ("lr", "clip", "dropout", "precision")
+_MAY_CHANGE = ("lr", "schedule", "warmup_steps", "decay_steps", "lr_floor", "clip", "dropout", "precision")
 
 # Incremented when a function is traced: under jit a trace is a compile, so this counts compiles.
 TRACES: collections.Counter = collections.Counter()
@@ -58,6 +58,27 @@ TRACES: collections.Counter = collections.Counter()
 
 def make_optimizer(lr: float, clip: float) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(clip), optax.adam(lr))
+
+
+def lr_schedule(cfg: TrainConfig, last_step: int) -> optax.Schedule:
+    """Step -> learning rate: a linear warmup from 0 to `cfg.lr` over `warmup_steps`, then `cfg.lr`
+    held (`constant`) or decayed by a half cosine or a straight line to `lr_floor * lr` at
+    `decay_steps` (default `last_step`, the run's planned end) and held there.
+
+    The rate is a function of the step alone, so a resumed run continues on the same curve, and it
+    is computed outside the compiled step and passed in as a traced value: Adam's state does not
+    depend on it, checkpoints written before schedules existed resume, and a changed schedule on
+    resume neither recompiles nor needs a new optimizer state.
+    """
+    peak, warmup = cfg.lr, cfg.warmup_steps
+    decay = max((cfg.decay_steps or last_step) - warmup, 1)
+    main = {"constant": lambda: optax.constant_schedule(peak),
+            "cosine": lambda: optax.cosine_decay_schedule(peak, decay, alpha=cfg.lr_floor),
+            "linear": lambda: optax.linear_schedule(peak, peak * cfg.lr_floor, decay)}[cfg.schedule]()
+    if not warmup:
+        return main
+    # Starts at lr/warmup, not 0: step 0 would otherwise be a wasted step.
+    return optax.join_schedules([optax.linear_schedule(peak / warmup, peak, warmup - 1), main], [warmup])
 
 
 def compute_dtype(precision: str):
@@ -407,7 +428,8 @@ class _State:
         self.n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.params))
         self._static = dict(graphdef=self.graphdef, dropout=bool(cfg.dropout and cfg.num_layers > 1),
                             precision=cfg.precision)
-        self._hyper = (np.float32(cfg.lr), np.float32(cfg.clip))
+        self._clip = np.float32(cfg.clip)
+        self.lr_at = None  # step -> learning rate: _Run sets it once the run's length is known
 
     def _put(self, array):
         return jax.make_array_from_callback(array.shape, self._batch_sharding, lambda idx: array[idx])
@@ -416,7 +438,8 @@ class _State:
         """Step number `step` (from 0): (loss, whether the loss and the new parameters are finite)."""
         self.params, self.opt_state, loss, ok = train_step(
             self.params, self.opt_state, self.rest, self._put(batch.inputs), self._put(batch.targets),
-            self._put(batch.mask), self.base_key, np.int32(step), *self._hyper, **self._static)
+            self._put(batch.mask), self.base_key, np.int32(step), np.float32(self.lr_at(step)), self._clip,
+            **self._static)
         return _scalar(loss), bool(_local_copy(ok))
 
     def val_loss(self, batches, stop=None) -> float | None:
@@ -508,6 +531,8 @@ class _Run:
         self.per_epoch = self.batcher.num_batches()
         self.total = self.per_epoch * cfg.epochs if cfg.max_steps is None else \
             min(self.per_epoch * cfg.epochs, cfg.max_steps)
+        schedule = jax.jit(lr_schedule(cfg, self.total))
+        state.lr_at = lambda step: float(schedule(step))
         self.deadline = None if cfg.time_budget is None else t_call + 60.0 * cfg.time_budget
         self.meter = _Meter()
         self.result = TrainResult(0, "done", checkpoint_dir=str(self.ckpt_dir))
@@ -614,7 +639,7 @@ class _Run:
         _append_line(self.ckpt_dir / METRICS_NAME, json.dumps({
             "step": self.step, "epoch": epoch + (index + 1) / self.per_epoch, "loss": loss, "val_loss": val_loss,
             "val_ppl": math.exp(min(val_loss, 700)) if val_loss is not None else None,
-            "tokens_per_s": rate, "wall_time": round(self.wall_time(), 3)}))
+            "tokens_per_s": rate, "lr": self.state.lr_at(self.step - 1), "wall_time": round(self.wall_time(), 3)}))
         if self.bar.disable and self.cfg.log_every and self.step % self.cfg.log_every == 0:
             # "-": every step since the last line compiled, and compile time is not throughput.
             self.say(f"step {self.step}/{self.total}: loss {loss:.4f}, "

@@ -174,3 +174,57 @@ def test_two_devices_match_one(tiny_corpus, tmp_path):
     one = [m["loss"] for m in _metrics(tmp_path / "one")]
     assert len(one) == len(two) == 3
     np.testing.assert_allclose(two, one, atol=1e-5, rtol=0)
+
+
+def test_lr_schedule_warmup_then_decay_to_the_floor():
+    from rnnjax.poetry.training import lr_schedule
+
+    def rates(steps, **flags):
+        f = lr_schedule(TrainConfig(lr=4e-3, **flags), 110)
+        return np.array([float(f(s)) for s in steps])
+
+    np.testing.assert_allclose(rates([0, 50, 109, 500]), 4e-3, rtol=1e-6)  # constant, the default
+    # Warmup: lr/10, 2 lr/10, ... reaching lr at step 9; then the decay starts from lr.
+    np.testing.assert_allclose(rates(range(11), schedule="cosine", warmup_steps=10)[:10],
+                               4e-3 * np.arange(1, 11) / 10, rtol=1e-5)
+    # Decay over steps 10..110 (the run's last step by default), to lr_floor * lr, and held there.
+    mid = 10 + 50
+    cos = rates([10, mid, 110, 400], schedule="cosine", warmup_steps=10, lr_floor=0.25)
+    np.testing.assert_allclose(cos, [4e-3, 4e-3 * (0.25 + 0.75 * 0.5), 1e-3, 1e-3], rtol=1e-5)
+    lin = rates([0, 55, 110, 400], schedule="linear", lr_floor=0.0)
+    np.testing.assert_allclose(lin, [4e-3, 2e-3, 0.0, 0.0], rtol=1e-5, atol=1e-9)
+    # --decay-steps moves the end of the decay.
+    np.testing.assert_allclose(rates([30, 60], schedule="linear", decay_steps=30, lr_floor=0.5), 2e-3, rtol=1e-5)
+
+
+def test_schedule_flags_are_checked():
+    with pytest.raises(UserError, match=r"^--schedule must be one of constant, cosine, linear, got 'exp'$"):
+        TrainConfig(schedule="exp")
+    with pytest.raises(UserError, match=r"^--lr-floor must be in \[0, 1\]"):
+        TrainConfig(lr_floor=1.5)
+    with pytest.raises(UserError, match=r"^--decay-steps must be an integer above --warmup-steps \(100\)"):
+        TrainConfig(warmup_steps=100, decay_steps=50)
+    with pytest.raises(UserError, match=r"^--warmup-steps must be an integer >= 0"):
+        TrainConfig(warmup_steps=-1)
+    args = train_cli.parse_args(["--schedule", "cosine", "--warmup-steps", "5", "--decay-steps", "90",
+                                 "--lr-floor", "0.05"])
+    assert config_from_args(TrainConfig, args) == TrainConfig(schedule="cosine", warmup_steps=5, decay_steps=90,
+                                                              lr_floor=0.05)
+
+
+def test_scheduled_run_follows_the_schedule_and_resumes_exactly(tiny_corpus, tmp_path):
+    from rnnjax.poetry.training import lr_schedule
+
+    kw = dict(TINY, data=tiny_corpus, lr=1e-2, schedule="cosine", warmup_steps=2, lr_floor=0.1, save_every=0)
+    train(checkpoint_dir=tmp_path / "a", max_steps=8, **kw)
+    train(checkpoint_dir=tmp_path / "b", max_steps=4, **{**kw, "decay_steps": 8})
+    train(checkpoint_dir=tmp_path / "b", max_steps=8, **kw)  # decay_steps None again: the run's end, 8
+    a, b = _params(tmp_path / "a", 8), _params(tmp_path / "b", 8)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    schedule = lr_schedule(TrainConfig(**{k: kw[k] for k in ("lr", "schedule", "warmup_steps", "lr_floor")}), 8)
+    logged = [m["lr"] for m in _metrics(tmp_path / "a")]
+    np.testing.assert_allclose(logged, [float(schedule(s)) for s in range(8)], rtol=1e-6)
+    assert logged[0] < logged[1] == max(logged) and logged[-1] < 0.2 * logged[1]
+    changes = json.loads((tmp_path / "b" / "config.json").read_text())["flag_changes"]
+    assert changes == [{"step": 4, "flag": "decay_steps", "from": 8, "to": None}]
