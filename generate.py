@@ -5,6 +5,7 @@
     python generate.py --prefix 床前明月光 --num 5 --seed 1
     python generate.py --prefix 春 --style 细雨鱼儿出，微风燕子斜。 --greedy
     python generate.py --meter --form 五言律诗 --show-tones
+    python generate.py --prefix 月 --form 七言绝句 --best-of 8 --json
 """
 from __future__ import annotations
 
@@ -68,11 +69,18 @@ def _main(argv) -> None:
     p.add_argument("--meter", "--格律", action="store_true",
                    help="keep 格律: one 近体诗 template's 平仄 and a 平水韵 rhyme (5x4, 5x8, 7x4, 7x8; with "
                         "--form auto and no 5- or 7-character line in the prefix: 5x4)")
+    p.add_argument("--allow-repeats", action="store_true",
+                   help="turn off the repetition rules, which are on by default: no line repeats an earlier line "
+                        "of the poem (every form), and in a 绝句 (5x4, 7x4) no character appears more than twice "
+                        "(the prefix's characters count but are never refused; punctuation is exempt; where "
+                        "--meter or --rhyme leave no other token, a repeat is written)")
     p.add_argument("--show-tones", action="store_true",
                    help="print each line's 平仄 and the template's rule under it, and the verdict")
     p.add_argument("--num", type=c.bounded_int(1, MAX_NUM), default=1,
                    help="how many poems; written and printed in batches, with progress on stderr")
-    p.add_argument("--json", action="store_true", help="one JSON object per poem, for scripts")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per poem, for scripts (with `logprob`: the mean log-probability per "
+                        "token the model chose, as --best-of ranks them)")
     c.add_model_args(p)
     c.add_sampling_args(p)
     args = p.parse_args(argv)
@@ -85,13 +93,14 @@ def _main(argv) -> None:
     choice = choose_checkpoint(args.checkpoint)
     model, vocab, _ = load_model(choice.path)
     gen = Generator(model, vocab, max_len=args.max_len, precision=args.precision)
-    request = gen.request(args.prefix, args.acrostic, args.style, args.form, args.rhyme, args.meter)
+    request = gen.request(args.prefix, args.acrostic, args.style, args.form, args.rhyme, args.meter,
+                          args.allow_repeats)
     c.announce_checkpoint(choice)  # after the input is checked: an error stays one line
     if args.show_tones and not args.json:
         from rnnjax.poetry.prosody import TONES_LEGEND
         print(TONES_LEGEND, file=sys.stderr)
     started = last = time.monotonic()
-    for chunk in gen.generate_many(request, args.num, sampling, seed=args.seed):
+    for chunk in gen.generate_many(request, args.num, sampling, seed=args.seed, score=args.json):
         for poem in chunk:
             _print_poem(poem, args)
         sys.stdout.flush()  # each batch appears as soon as it is written

@@ -15,8 +15,8 @@ from rnnjax.poetry import forms
 from rnnjax.poetry.config import flag_name
 from rnnjax.poetry.errors import UserError
 from rnnjax.poetry.generation import (CANDIDATES, DEFAULT_MAX_LEN, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
-                                      MAX_MAX_LEN, MIN_MAX_LEN, PRECISIONS, SHIPPED_CHECKPOINT, TRAINED_CHECKPOINT,
-                                      Sampling, choose_checkpoint)
+                                      MAX_BEST_OF, MAX_MAX_LEN, MIN_MAX_LEN, PRECISIONS, SHIPPED_CHECKPOINT,
+                                      TRAINED_CHECKPOINT, Sampling, choose_checkpoint)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -185,10 +185,17 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=_float, default=DEFAULT_TOP_P,
                    help="sample among the likeliest tokens that hold this much probability, in (0, 1] "
                         f"(default {DEFAULT_TOP_P}; 1 turns it off)")
-    p.add_argument("--greedy", action="store_true", help="always the likeliest token (the tutorial's behaviour)")
+    p.add_argument("--greedy", action="store_true",
+                   help="no randomness: at each step the likeliest of going on, closing the line and ending the "
+                        "poem (by total probability), then the likeliest token of that choice")
+    p.add_argument("--best-of", type=_int, default=1, metavar="N",
+                   help=f"sample N candidates per poem (1..{MAX_BEST_OF}) and keep the one the model finds "
+                        "likeliest: the highest mean log-probability per token it chose (temperature 1, before "
+                        "top-k/top-p and the masks; the prefix, acrostic heads and the form's punctuation not "
+                        "counted); needs sampling, not --greedy (default 1)")
     p.add_argument("--seed", type=_int, default=0, help="random seed, any integer: the same seed gives the same poems")
 
 
 def sampling_from_args(args) -> Sampling:
     """Sampling from the flags of `add_sampling_args`; UserError naming the flag whose value is out of range."""
-    return Sampling(args.temperature, args.top_k, args.top_p, args.greedy)
+    return Sampling(args.temperature, args.top_k, args.top_p, args.greedy, args.best_of)

@@ -19,6 +19,36 @@ already used are masked too. The loop carries `prosody.MaskState` as arrays - `g
 sampled ones do (`prosody.advance` is the numpy reference of one step). A batch without 格律 or
 平水韵 rhyme compiles the loop without any of this.
 
+Repetition (on unless `allow_repeats`): no line may repeat an earlier line of the poem, in every form
+(律诗 and free form included: a repeated line is never what a reader wants), and in a 绝句 (5x4, 7x4)
+no character may appear more than twice (`CHAR_CAP`; only there: 28 characters leave no room for the
+refrain a longer poem may keep). Both are masks in the loop: the token that would complete a line
+identical to an earlier one is refused (a fixed form's last character, the last token of a free line
+at its longest, free form's closing mark), and in a 绝句 so is every character already written twice.
+Prefix and acrostic characters count (an acrostic's heads from the start) but are never refused,
+punctuation and specials are exempt, and where the masks together would leave no token (a 格律 or
+rhyme position whose few candidates are all capped) the repetition mask gives way for that step.
+The loop carries where each finished line starts (B, lines), which earlier lines still agree with
+the current one, and the list of capped characters (B, 14).
+
+Scores and --best-of: with `score=True` (and always with --best-of) the loop adds up, per poem, log
+softmax of the model's raw logits (temperature 1, before top-k / top-p and every mask) at each token
+the model chose - not the prefix or acrostic heads, nor the form's punctuation and final <EOP> (the
+only token the form allows there). The mean over those tokens is `Poem.logprob`. The log-sum-exp is
+one more pass over the vocabulary per step (~5% of a 256-poem sampled batch, ~10% of a greedy one),
+so a loop that has no use for scores (the CLI without --json) is compiled without it. With
+`Sampling.best_of` N, each poem is decoded as N candidates in the same batch (poems x N rows;
+candidate 0 is the plain sample) and the candidate with the highest mean is kept, chosen in the
+compiled program.
+
+Greedy decides structure by mass: the allowed tokens fall into three classes by what they do to the
+poem - <EOP> (end it), a line-closing mark (end the line), anything else (go on) - and greedy first
+takes the class with the most probability, then the likeliest token inside it. Plain argmax ended
+all 20 free-form poems of bench/decoding_quality.py (shipped model) after one couplet: after `。`
+<EOP> (p 0.02-0.24, median 0.05) beats every single character (p <= 0.03), although going on holds
+77-98% of the mass. Sampling is unchanged (it samples tokens, and so classes, in proportion).
+`Sampling(plain_argmax=True)` keeps the old rule, for comparison.
+
 Decoding order: the model first reads `<START>` (and, with a style, `<START>` + style, as
 pytorch-book's `prefix_words`: the poem then continues straight from the style's state, no second
 `<START>`, because training never shows `<START>` mid-sequence). Each step predicts one token; a
@@ -31,6 +61,7 @@ import functools
 import hashlib
 import math
 import re
+import typing
 import unicodedata
 from pathlib import Path
 
@@ -63,6 +94,19 @@ CHUNK = 256
 FREE_LINE_MAX = 16
 # --top-k / --top-p choose among this many likeliest allowed tokens (see `_choose`).
 CANDIDATES = 64
+# --best-of: candidates per poem, 1..MAX_BEST_OF (the batch is poems x candidates rows). Candidate 0
+# draws with the poem's own key (so it is the plain sample); candidate j > 0 with the key folded with
+# _CANDIDATE_TAG, then j.
+MAX_BEST_OF = 64
+_CANDIDATE_TAG = 0x62657374
+# Repetition: in the forms of CAP_FORMS (绝句) no character more than CHAR_CAP times. A 七言绝句 has 28
+# characters, so at most 14 distinct ones reach the cap: the loop's list of capped characters.
+CHAR_CAP = 2
+CAP_FORMS = ("5x4", "7x4")
+_CAP_SLOTS = 28 // CHAR_CAP
+# Greedy's token classes (see the module docstring): go on, close the line, end the poem. On a tie of
+# masses the earlier class wins: a tie goes on.
+_GO_ON, _CLOSE, _END = 0, 1, 2
 # --rhyme: today's 十三辙 classes by pypinyin finals, or 平水韵 level groups (no tone pattern).
 RHYME_MODES = ("modern", "pingshui")
 # --precision: the weights' dtype while decoding (Generator casts them once).
@@ -182,21 +226,39 @@ class Request:
     acrostic_text: str = ""
     meter: bool = False
     templates: tuple[int, ...] = ()
+    allow_repeats: bool = False  # True: no repetition masks (see the module docstring)
 
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-    """How the next token is chosen among those the constraints allow."""
+    """How the next token is chosen among those the constraints allow.
+
+    `best_of` N: sample N candidates per poem and keep the one the model finds likeliest, by mean
+    log-probability per chosen token (`Poem.logprob`: log softmax of the raw logits at temperature 1,
+    before top-k / top-p and the masks, over the tokens the model chose - not the prefix, acrostic
+    heads, nor the punctuation and final <EOP> the form dictates). Candidate 0 is the plain sample,
+    so best-of 1 is plain sampling and best-of N never keeps a poem less likely than it. Greedy
+    writes one poem per request, so greedy with N > 1 is refused.
+
+    `plain_argmax` (internal, for benchmarks): greedy as the likeliest token at every step, instead of
+    the likeliest class (go on / close the line / end) and then the likeliest token in it.
+    """
 
     temperature: float = DEFAULT_TEMPERATURE
     top_k: int = 0          # 0: no top-k cut
     top_p: float = DEFAULT_TOP_P  # 1.0: no nucleus cut
-    greedy: bool = False    # the tutorial's argmax; also what temperature 0 means
+    greedy: bool = False    # the likeliest continuation; also what temperature 0 means
+    best_of: int = 1
+    plain_argmax: bool = False
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy or self.temperature == 0
 
     @property
     def mode(self) -> str:
-        if self.greedy or self.temperature == 0:
-            return "greedy"
+        if self.is_greedy:
+            return "argmax" if self.plain_argmax else "greedy"
         return "cut" if self.top_k > 0 or self.top_p < 1 else "full"
 
     def __post_init__(self):
@@ -207,6 +269,12 @@ class Sampling:
             raise UserError(f"--top-k must be in 0..{CANDIDATES} (0 turns it off), got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if isinstance(self.best_of, bool) or not isinstance(self.best_of, (int, np.integer)) \
+                or not 1 <= self.best_of <= MAX_BEST_OF:
+            raise UserError(f"--best-of must be an integer between 1 and {MAX_BEST_OF}, got {self.best_of!r}")
+        if self.best_of > 1 and self.is_greedy:
+            raise UserError("--best-of needs sampling: greedy (--greedy or --temperature 0) writes the same "
+                            "poem every time, so its candidates would all be one")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +286,7 @@ class Poem:
     index: int         # which poem of the call; with `seed` it fixes the poem
     complete: bool     # ended with <EOP> on a finished sentence (False: cut at max_len, or free form after `，`)
     template: str | None = None  # the 格律 template it was written to (--meter), e.g. "仄起入韵"
+    logprob: float | None = None  # mean log-probability per chosen token (see Sampling); None unless scored
 
     def _templates(self) -> list[int] | None:
         return [prosody.template_index(self.form, self.template)] if self.template else None
@@ -234,7 +303,7 @@ class Poem:
         r = self.meter_report()
         return {"text": self.text, "lines": self.lines, "form": self.form, "seed": self.seed,
                 "index": self.index, "complete": self.complete, "template": self.template,
-                "tones": r.tones,
+                "logprob": self.logprob, "tones": r.tones,
                 "meter": {"template": r.template, "passes_meter": r.passes_meter, "rhymes": r.rhymes,
                           "rhyme_group": r.rhyme_group,
                           "violations": [dataclasses.asdict(v) for v in r.violations]}}
@@ -283,11 +352,13 @@ class Generator:
         self.tables = forms.token_tables(vocab)
         t = self.tables
         allowed = forms.kind_table(t)
+        klass = np.full(len(t.content), _GO_ON, np.int32)
+        klass[t.ender] = _CLOSE
+        klass[t.eop_id] = _END
+        self._klass = klass
         self._tables_dev = {
-            "bias": jnp.asarray(np.where(allowed, 0.0, -np.inf).astype(np.float32)),
-            # Kinds that allow exactly one token (punctuation, <EOP>): the model's logits don't matter there.
-            "single": jnp.asarray(allowed.sum(axis=1) == 1),
-            "ender": jnp.asarray(t.ender), "rhyme": jnp.asarray(t.rhyme),
+            **_kind_facts(allowed, klass), **_greedy_tables(klass),
+            "ender": jnp.asarray(t.ender), "rhyme": jnp.asarray(t.rhyme), "content": jnp.asarray(t.content),
         }
         self._meter_dev = None  # the same plus the 格律 tables, built on first use (the dictionary loads in ~1 s)
         self._usable: dict[int, int] = {}
@@ -309,8 +380,7 @@ class Generator:
             codes[_T_RHYME5, 1::2, 4] = codes[_T_RHYME7, 1::2, 6] = prosody.RHYME
             self._meter_dev = {
                 **self._tables_dev,
-                "bias": jnp.asarray(np.where(allowed, 0.0, -np.inf).astype(np.float32)),
-                "single": jnp.asarray(allowed.sum(axis=1) == 1),
+                **_kind_facts(allowed, self._klass),
                 "codes": jnp.asarray(codes.astype(np.int32)),
                 "level": jnp.asarray(p.level), "groups": jnp.asarray(p.groups),
             }
@@ -345,12 +415,14 @@ class Generator:
         return text
 
     def request(self, prefix: str = "", acrostic: str = "", style: str = "", form: str = "auto",
-                rhyme: bool | str | None = None, meter: bool = False) -> Request:
+                rhyme: bool | str | None = None, meter: bool = False, allow_repeats: bool = False) -> Request:
         """Validate and encode one poem's constraints; UserError says what cannot work and why.
 
         `rhyme`: None / False (none), "modern" (十三辙; True means this, the old spelling) or
         "pingshui" (平水韵 level groups). `meter`: 格律 after a template of `prosody.TEMPLATES`;
-        it rhymes in 平水韵 by itself, so it takes no `rhyme` but "pingshui".
+        it rhymes in 平水韵 by itself, so it takes no `rhyme` but "pingshui". `allow_repeats`: no
+        repetition masks (by default no line repeats an earlier one, and a 绝句 uses no character
+        more than twice; see the module docstring).
         """
         rhyme = check_rhyme_flags(form, rhyme, meter)
         prefix = self.normalize(prefix, "the prefix")
@@ -400,7 +472,8 @@ class Generator:
             self._check_pingshui(f, prefix)
         enc = lambda s: tuple(self.vocab.stoi[c] for c in s)  # noqa: E731
         return Request(form=f, prefix=enc(prefix), heads=enc(acrostic), style=enc(style), rhyme=rhyme,
-                       prefix_text=prefix, acrostic_text=acrostic, meter=meter, templates=templates)
+                       prefix_text=prefix, acrostic_text=acrostic, meter=meter, templates=templates,
+                       allow_repeats=bool(allow_repeats))
 
     def _vocab_can_rhyme(self, n_rhymes: int, what: str) -> int:
         """`prosody.usable_groups` for `n_rhymes`; UserError when the vocabulary has no such group."""
@@ -493,6 +566,7 @@ class Generator:
             "rhyme": np.array([r.rhyme == "modern" for r in requests], bool),
             "prime": prime, "prime_len": prime_len, "first": first,
             **(self._meter_arrays(requests, templates) if _uses_prosody(requests) else {}),
+            **(_repeat_arrays(requests, len(self.vocab.itos)) if _uses_repeat_masks(requests) else {}),
         }
 
     def _meter_arrays(self, requests: list[Request], templates) -> dict:
@@ -518,8 +592,10 @@ class Generator:
         return self._usable[n_rhymes]
 
     def generate_ids(self, requests: list[Request], sampling: Sampling = Sampling(), seed: int = 0,
-                     poem_ids=None, templates=None) -> np.ndarray:
-        """(B, max_len) token ids per poem, padded with </s> after <EOP>.
+                     poem_ids=None, templates=None, *, score: bool = False, full: bool = False):
+        """(B, max_len) token ids per poem, padded with </s> after <EOP>; with `full`, the whole
+        `Decoded`: scores (with `score`, and always with --best-of) and --best-of's candidates. The
+        one call into the compiled loop (`decode` and `generate` go through it).
 
         `templates` (B,): the 格律 template of each --meter poem; default `choose_templates`."""
         if not requests:
@@ -530,13 +606,24 @@ class Generator:
             templates = self.choose_templates(requests, seed, poem_ids)
         arrays = self.batch_arrays(requests, templates)
         specials = np.array([self.vocab.pad_id, self.vocab.eop_id], np.int32)
-        out = _decode(
+        many = sampling.best_of > 1
+        res = _decode(
             self.graphdef, self.params, self._meter_tables() if meter else self._tables_dev, arrays, specials,
             seed_key(seed), poem_ids,
             np.float32(max(sampling.temperature, 1e-6)), np.int32(sampling.top_k), np.float32(sampling.top_p),
-            max_len=self.max_len, mode=sampling.mode, meter=meter,
+            max_len=self.max_len, mode=sampling.mode, meter=meter, repeats=_uses_repeat_masks(requests),
+            best_of=sampling.best_of, score=bool(score or many),
         )
-        return np.asarray(out)
+        if not full:
+            return np.asarray(res["ids"])
+        got = lambda k: np.asarray(res[k]) if k in res else None  # noqa: E731
+        return Decoded(got("ids"), got("logprob"), got("candidates"), got("candidate_logprob"))
+
+    def decode(self, requests: list[Request], sampling: Sampling = Sampling(), seed: int = 0,
+               poem_ids=None, templates=None, score: bool = False) -> Decoded:
+        """Token ids, scores (with `score`, and always with --best-of) and --best-of's candidates of
+        a batch: `generate_ids(..., full=True)`."""
+        return self.generate_ids(requests, sampling, seed, poem_ids, templates, score=score, full=True)
 
     def decode_text(self, ids) -> tuple[str, bool]:
         """Token ids of one poem -> (text, ended with <EOP>)."""
@@ -550,36 +637,93 @@ class Generator:
         return "".join(chars), False
 
     def generate(self, requests: list[Request], sampling: Sampling = Sampling(), seed: int = 0,
-                 start: int = 0) -> list[Poem]:
+                 start: int = 0, score: bool = False) -> list[Poem]:
         """One batched call: poem k is poem `start + k` of the seed (the same whatever the batch).
 
         A poem is `complete` when it ended with <EOP> on a finished sentence: a free-form poem that
-        stops after `，` (or `；`) is not."""
+        stops after `，` (or `；`) is not. `score`: fill `Poem.logprob` (always with --best-of)."""
         poem_ids = start + np.arange(len(requests), dtype=np.int64)
         if len(requests) and poem_ids[-1] > MAX_NUM:
             raise UserError(f"poem index {int(poem_ids[-1])} is past the last one, {MAX_NUM}")
         templates = self.choose_templates(requests, seed, poem_ids)
-        ids = self.generate_ids(requests, sampling, seed, poem_ids=poem_ids, templates=templates)
+        out = self.generate_ids(requests, sampling, seed, poem_ids=poem_ids, templates=templates, score=score,
+                                full=True)
         poems = []
-        for i, (r, row) in enumerate(zip(requests, ids)):
+        for i, (r, row) in enumerate(zip(requests, out.ids)):
             text, ended = self.decode_text(row)
             complete = ended and (not r.form.free or text[-1:] in forms.SENTENCE_ENDERS)
             name = prosody.TEMPLATES[templates[i]].name if templates[i] >= 0 else None
-            poems.append(Poem(text, forms.print_lines(text), r.form.name, seed, start + i, complete, name))
+            poems.append(Poem(text, forms.print_lines(text), r.form.name, seed, start + i, complete, name,
+                              None if out.logprob is None else float(out.logprob[i])))
         return poems
 
     def generate_many(self, request: Request, num: int, sampling: Sampling = Sampling(), seed: int = 0,
-                      chunk: int | None = None):
-        """`num` poems of one request, yielded `chunk` (default CHUNK) at a time: memory stays that of
-        one chunk whatever `num` is. Every chunk has the same batch shape (the last is padded and cut),
-        so the loop compiles once; poem i is the same as in `generate([request] * num, ...)`."""
-        chunk = max(1, chunk or CHUNK)
+                      chunk: int | None = None, score: bool = False):
+        """`num` poems of one request, yielded `chunk` (default CHUNK, divided by --best-of: the batch
+        holds every candidate) at a time: memory stays that of one chunk whatever `num` is. Every chunk
+        has the same batch shape (the last is padded and cut), so the loop compiles once; poem i is
+        the same as in `generate([request] * num, ...)`."""
+        chunk = max(1, chunk or CHUNK // sampling.best_of)
         if not 1 <= num <= MAX_NUM:
             raise UserError(f"--num must be between 1 and {MAX_NUM}, got {num}")
         size = min(num, chunk)
         for start in range(0, num, size):
             n = min(size, num - start)
-            yield self.generate([request] * size, sampling, seed, start=start)[:n]
+            yield self.generate([request] * size, sampling, seed, start=start, score=score)[:n]
+
+
+class Decoded(typing.NamedTuple):
+    """What `Generator.decode` returns, as numpy arrays.
+
+    ids (B, max_len): each poem's tokens (with --best-of, the kept candidate's); logprob (B,): its
+    mean log-probability per chosen token (None unless scored); candidates (B, N, max_len) and
+    candidate_logprob (B, N): every candidate of --best-of N (None for N = 1)."""
+
+    ids: np.ndarray
+    logprob: np.ndarray | None = None
+    candidates: np.ndarray | None = None
+    candidate_logprob: np.ndarray | None = None
+
+
+def _kind_facts(allowed: np.ndarray, klass: np.ndarray) -> dict:
+    """The loop's per-kind tables from a (kinds, V) allowed table and the tokens' greedy classes."""
+    classes = np.stack([(allowed & (klass == c)).any(axis=1) for c in (_GO_ON, _CLOSE, _END)], axis=1)
+    return {
+        "bias": jnp.asarray(np.where(allowed, 0.0, -np.inf).astype(np.float32)),
+        # Kinds that allow exactly one token (punctuation, <EOP>): the model's logits don't matter there.
+        "single": jnp.asarray(allowed.sum(axis=1) == 1),
+        "n_allowed": jnp.asarray(allowed.sum(axis=1).astype(np.int32)),
+        # Kinds whose tokens fall into more than one greedy class: only there does greedy weigh classes.
+        "mixed": jnp.asarray(classes.sum(axis=1) > 1),
+    }
+
+
+def _greedy_tables(klass: np.ndarray) -> dict:
+    """What greedy by class and free form's repeat rule need of the tokens' classes: `go_bias` (V,),
+    0 on the tokens that go on and -inf on the rest; `special` (6,): the closing marks (padded to 5
+    with V, an index past the vocabulary) and then <EOP>."""
+    v = len(klass)
+    marks = np.flatnonzero(klass == _CLOSE)
+    special = np.concatenate([marks, np.full(5 - len(marks), v), np.flatnonzero(klass == _END)]).astype(np.int32)
+    return {"go_bias": jnp.asarray(np.where(klass == _GO_ON, 0.0, -np.inf).astype(np.float32)),
+            "special": jnp.asarray(special)}
+
+
+def _uses_repeat_masks(requests: list[Request]) -> bool:
+    """Does the batch need the repetition masks? (If not, the loop is compiled without them.)"""
+    return any(not r.allow_repeats for r in requests)
+
+
+def _repeat_arrays(requests: list[Request], v: int) -> dict:
+    """Per poem: no repeated line, the 绝句 character cap, and the characters capped from the start
+    (an acrostic's heads count before they are written: a head that comes twice is capped at once)."""
+    on = np.array([not r.allow_repeats for r in requests], bool)
+    cap = on & np.array([r.form.name in CAP_FORMS for r in requests], bool)
+    capped = np.full((len(requests), _CAP_SLOTS), v, np.int32)
+    for k, r in enumerate(requests):
+        twice = [h for h in dict.fromkeys(r.heads) if r.heads.count(h) >= CHAR_CAP] if cap[k] else []
+        capped[k, : len(twice)] = twice
+    return {"no_repeat": on, "char_cap": cap, "capped": capped, "n_capped": (capped < v).sum(axis=1).astype(np.int32)}
 
 
 def _seed_words(seed: int) -> tuple[int, int]:
@@ -714,14 +858,118 @@ def _rhyme_bias(tab, rhyme_groups, used, at_rhyme, logits):
     return jnp.where(at_rhyme[:, None] & ~ok, -jnp.inf, logits)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_len", "mode", "meter"))
+def _greedy(logits, tab, mixed):
+    """Greedy by class: the class (go on / close the line / end the poem) with the most probability
+    among the allowed tokens, then the likeliest token of that class. (B,) int32.
+
+    Why: ending or closing a line is one token, going on is thousands, so the plain argmax ends when
+    <EOP> is merely the single likeliest token - after `。` the shipped model gives <EOP> ~0.05 and
+    its best character ~0.02, and free-form greedy poems stopped after one couplet. Deciding the
+    event by its mass - end iff P(<EOP>) > P(go on) where only the two are allowed - is greedy on
+    the choice the token actually makes. Where a row's kind allows one class only (every step of a
+    fixed form) this is the plain argmax; when no row is `mixed`, the masses are not computed.
+
+    The two small classes are read off by index (`tab["special"]`: the marks, then <EOP>), so the
+    vocabulary is passed over three times: the best token that goes on, the mass that goes on, and
+    the index of that best token."""
+    def by_class():
+        go = logits + tab["go_bias"]
+        go_max = jnp.max(go, axis=-1)
+        special = jnp.take_along_axis(logits, jnp.broadcast_to(tab["special"], (logits.shape[0], 6)), axis=1,
+                                      mode="fill", fill_value=-jnp.inf)
+        m = jnp.maximum(go_max, jnp.max(special, axis=-1))
+        m = jnp.where(jnp.isfinite(m), m, 0.0)[:, None]
+        close_end = jnp.exp(special - m)  # 0 where masked
+        mass = jnp.stack([jnp.sum(jnp.exp(go - m), axis=-1), jnp.sum(close_end[:, :5], axis=-1), close_end[:, 5]], -1)
+        cls = _argmax(mass)  # the first of equal masses: a tie goes on
+        go_tok = jnp.min(jnp.where(go == go_max[:, None], jnp.arange(go.shape[1]), go.shape[1]), axis=-1)
+        close_tok = tab["special"][_argmax(special[:, :5])]
+        return jnp.select([cls == _GO_ON, cls == _CLOSE], [go_tok, close_tok], tab["special"][5]).astype(jnp.int32)
+    return jax.lax.cond(jnp.any(mixed), by_class, lambda: _argmax(logits))
+
+
+def _repeat_mask(tab, batch, s, earlier, kind, narrowed, logits_fn):
+    """-inf on the tokens the repetition rules refuse this step, unless that leaves a row no token.
+    `logits_fn()`: the logits with the forms' and 格律's masks (called again, in the rare step where
+    some row gives way, instead of keeping a copy of the logits at every step). `narrowed` (B,):
+    rows whose allowed tokens are fewer than their kind's (a 格律 rhyme position).
+
+    Refused: the last token of a line that must close next (a fixed form's last character, a free
+    line at its longest) when the line would then equal an earlier line (`earlier` (B, lines): each
+    earlier line's token at this column; `match`: the earlier lines that agree with this line so
+    far); free form's closing marks when the line so far equals an earlier line; in a 绝句 every
+    character already written CHAR_CAP times (`capped`)."""
+    col, v = s["col"], tab["go_bias"].shape[0]
+    same = s["match"] & batch["no_repeat"][:, None]
+    longest = jnp.where(batch["line_len"] > 0, batch["line_len"], batch["line_cap"])
+    last = jnp.where(same & (col == longest - 1)[:, None] & (s["lens"] == col[:, None] + 1), earlier, v)
+    free_done = (batch["line_len"] == 0) & (col > 0) & jnp.any(same & (s["lens"] == col[:, None]), axis=1)
+    marks = jnp.where(free_done[:, None], tab["special"][None, :5], v)
+    capped = jnp.where(batch["char_cap"][:, None], s["capped"], v)
+    refused = jnp.concatenate([last, marks, capped], axis=1)
+    rows = jnp.arange(refused.shape[0])[:, None]
+    masked = logits_fn().at[rows, refused].set(-jnp.inf, mode="drop")  # in place
+    # The forms' and 格律's masks come first: where they leave nothing else, a repeat is written.
+    # A row can be left without a token only if it refuses as many tokens as its kind allows (or its
+    # rhyme mask narrowed them): only then is the vocabulary searched. (And only the refused entries
+    # pass through the conds: a (B, V) array would be copied every step.)
+    n_refused = jnp.sum(refused < v, axis=1)
+    at_risk = (n_refused > 0) & ((n_refused >= tab["n_allowed"][kind]) | narrowed)
+    left = jax.lax.cond(jnp.any(at_risk), lambda: jnp.max(masked, axis=-1) > -jnp.inf,
+                        lambda: jnp.ones(refused.shape[0], bool))
+    kept = jax.lax.cond(jnp.all(left), lambda: jnp.zeros(refused.shape, masked.dtype),
+                        lambda: jnp.take_along_axis(logits_fn(), jnp.minimum(refused, v - 1), axis=1))
+    return masked.at[rows, jnp.where(left[:, None], v, refused)].set(kept, mode="drop")
+
+
+def _advance_repeats(tab, batch, s, earlier, tok, ends, use_head):
+    """The repetition state after `tok` (sampled or forced alike): the finished line's start and
+    length, which earlier lines still agree with the current one, the capped characters."""
+    k = jnp.arange(s["match"].shape[1])[None, :]
+    line, col = s["line"][:, None], s["col"][:, None]
+    closes = ends[:, None] & (k == line)
+    agree = s["match"] & (earlier == tok[:, None]) & (s["lens"] > col)
+    # Occurrences of `tok` so far, the acrostic heads still to come included (they were counted from
+    # the start, so writing one adds nothing); the occurrence that reaches CHAR_CAP enters the list.
+    later_heads = (batch["heads"] == tok[:, None]) & (jnp.arange(batch["heads"].shape[1])[None, :] > line)
+    seen = jnp.sum(s["out"] == tok[:, None], axis=1) + jnp.sum(later_heads, axis=1)
+    reach = batch["char_cap"] & tab["content"][tok] & (seen == CHAR_CAP - 1) & ~s["done"] & ~use_head
+    slot = reach[:, None] & (jnp.arange(_CAP_SLOTS)[None, :] == s["n_capped"][:, None])
+    return dict(
+        starts=jnp.where(closes, s["line_start"][:, None], s["starts"]),
+        lens=jnp.where(closes, col, s["lens"]),
+        match=jnp.where(ends[:, None], k <= line, agree),  # a new line agrees with every line so far
+        line_start=jnp.where(ends, s["t"] + 1, s["line_start"]),
+        capped=jnp.where(slot, tok[:, None], s["capped"]),
+        n_capped=s["n_capped"] + reach,
+    )
+
+
+def _candidate_keys(key, poem_ids, best_of):
+    """(B * best_of,) keys, candidates of a poem together: candidate 0 has the poem's own key (as
+    without --best-of), candidate j > 0 the poem's key folded with _CANDIDATE_TAG and then j."""
+    poem_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, poem_ids)
+    if best_of == 1:
+        return poem_keys
+    rows = jnp.repeat(poem_keys, best_of)
+    j = jnp.tile(jnp.arange(best_of, dtype=jnp.uint32), poem_ids.shape[0])
+    tagged = jax.vmap(jax.random.fold_in, (0, None))(rows, _CANDIDATE_TAG)
+    others = jax.vmap(jax.random.fold_in)(tagged, j)
+    data = jnp.where((j == 0)[:, None], jax.random.key_data(rows), jax.random.key_data(others))
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_len", "mode", "meter", "repeats", "best_of", "score"))
 def _decode(graphdef, params, tab, batch, specials, key, poem_ids, temperature, top_k, top_p, *,
-            max_len, mode, meter=False):
+            max_len, mode, meter=False, repeats=False, best_of=1, score=False):
     model = nnx.merge(graphdef, params)
+    n_poems = batch["first"].shape[0]
+    if best_of > 1:  # every candidate of a poem is a row of its own, next to the poem's other candidates
+        batch = jax.tree.map(lambda a: jnp.repeat(a, best_of, axis=0), batch)
     b = batch["first"].shape[0]
     pad_id, eop_id = specials[0], specials[1]
-    # Randomness depends on (seed, poem index, step) only: poem i is the same whatever --num is.
-    poem_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, poem_ids)
+    # Randomness depends on (seed, poem index, candidate, step) only: poem i is the same whatever --num is.
+    poem_keys = _candidate_keys(key, poem_ids, best_of)
 
     # The recurrent state's structure (LSTM (h, c) or GRU/RNN h) comes from the model itself; the call
     # is dead code once only shapes are used, and XLA drops it.
@@ -741,10 +989,17 @@ def _decode(graphdef, params, tab, batch, specials, key, poem_ids, temperature, 
     zeros = jnp.zeros(b, jnp.int32)
     init = dict(t=jnp.int32(0), inp=batch["first"], hx=hx, line=zeros, col=zeros, rhyme_cls=zeros - 1,
                 done=jnp.zeros(b, bool), out=jnp.full((b, max_len), pad_id, jnp.int32))
+    if score:
+        init.update(lp_sum=jnp.zeros(b, jnp.float32), lp_n=zeros)
     if meter:  # prosody.MaskState, one row per poem
         v = tab["groups"].shape[0]
         init.update(guard_debt=jnp.zeros(b, bool), rhyme_groups=batch["rhyme_groups"],
                     used_rhymes=jnp.full((b, prosody.MAX_RHYMES), v, jnp.int32), n_used=zeros)
+    if repeats:  # every line holds a character and its mark: at most max_len // 2 finished lines
+        n_slots = max_len // 2 + 1
+        init.update(line_start=zeros, starts=jnp.zeros((b, n_slots), jnp.int32),
+                    lens=jnp.zeros((b, n_slots), jnp.int32), match=jnp.zeros((b, n_slots), bool),
+                    capped=batch["capped"], n_capped=batch["n_capped"])
 
     def cond(s):
         return (s["t"] < max_len) & ~jnp.all(s["done"])
@@ -768,28 +1023,44 @@ def _decode(graphdef, params, tab, batch, specials, key, poem_ids, temperature, 
         head = jnp.take_along_axis(batch["heads"], jnp.clip(line, 0, max_len - 1)[:, None], axis=1)[:, 0]
         use_head = (col == 0) & (line < batch["n_heads"])
         determined = s["done"] | (forced >= 0) | use_head | tab["single"][kind]
-        logits = jax.lax.cond(
-            jnp.all(determined),
-            lambda: jnp.zeros((b, tab["bias"].shape[1]), jnp.float32),  # the mask alone picks the token
-            # The output layer in the weights' dtype with float32 sums and logits (a bfloat16 matmul
-            # with a bfloat16 result is slower on CPUs than float32).
-            lambda: jnp.matmul(features[0], model.linear1.kernel[...].astype(features.dtype),
-                               preferred_element_type=jnp.float32) + model.linear1.bias[...],
-        )
-        logits = logits + tab["bias"][kind]
-        if meter:
-            logits = jax.lax.cond(
-                jnp.any(at_rhyme),
-                functools.partial(_rhyme_bias, tab, s["rhyme_groups"], s["used_rhymes"], at_rhyme),
-                lambda x: x, logits)
+
+        def output_layer():
+            # In the weights' dtype with float32 sums and logits (a bfloat16 matmul with a bfloat16
+            # result is slower on CPUs than float32); the log-sum-exp here, next to the matmul, is
+            # the one extra pass over the vocabulary that the scores cost.
+            raw = jnp.matmul(features[0], model.linear1.kernel[...].astype(features.dtype),
+                             preferred_element_type=jnp.float32) + model.linear1.bias[...]
+            return raw, (jax.nn.logsumexp(raw, axis=-1) if score else jnp.zeros(b))
+
+        raw, lse = jax.lax.cond(  # where the mask alone picks every token, no output layer
+            jnp.all(determined), lambda: (jnp.zeros((b, tab["bias"].shape[1]), jnp.float32), jnp.zeros(b)),
+            output_layer)
+
+        def masked_logits():
+            logits = raw + tab["bias"][kind]
+            if meter:
+                logits = jax.lax.cond(
+                    jnp.any(at_rhyme),
+                    functools.partial(_rhyme_bias, tab, s["rhyme_groups"], s["used_rhymes"], at_rhyme),
+                    lambda x: x, logits)
+            return logits
+
+        if repeats:  # each earlier line's token at this column
+            at = jnp.clip(s["starts"] + col[:, None], 0, max_len - 1)
+            earlier = jnp.take_along_axis(s["out"], at, axis=1)
+            logits = _repeat_mask(tab, batch, s, earlier, kind, at_rhyme if meter else jnp.zeros(b, bool),
+                                  masked_logits)
+        else:
+            logits = masked_logits()
         if mode == "greedy":
+            sampled = _greedy(logits, tab, tab["mixed"][kind] & ~determined)
+        elif mode == "argmax":
             sampled = _argmax(logits)
         else:  # where the mask alone picks every token, no top-k (a partial sort) is needed
             sampled = jax.lax.cond(jnp.all(determined), lambda: _argmax(logits),
                                    lambda: _choose(s["t"], logits, temperature, top_k, top_p, poem_keys, mode))
         tok = jnp.where(forced >= 0, forced, jnp.where(use_head, head, sampled))
         tok = jnp.where(s["done"], pad_id, tok)
-
         ends = tab["ender"][tok]
         rhyme_pos = batch["rhyme"] & (col == batch["line_len"] - 1) & (line % 2 == 1)
         rhyme_cls = jnp.where(rhyme_pos & (s["rhyme_cls"] < 0), tab["rhyme"][tok], s["rhyme_cls"])
@@ -798,6 +1069,12 @@ def _decode(graphdef, params, tab, batch, specials, key, poem_ids, temperature, 
             rhyme_cls=rhyme_cls, done=s["done"] | (tok == eop_id),
             out=jax.lax.dynamic_update_index_in_dim(s["out"], tok, s["t"], axis=1),
         )
+        if score:
+            # The model's own log-probability of the token it chose (temperature 1, no mask): a chosen
+            # token's masked logit is its raw one (the masks add 0 or -inf, and the repetition mask
+            # restores what it gives way on). Where every token is determined nothing is counted.
+            lp = jnp.take_along_axis(logits, sampled[:, None], axis=1)[:, 0] - lse
+            new.update(lp_sum=s["lp_sum"] + jnp.where(determined, 0.0, lp), lp_n=s["lp_n"] + ~determined)
         if meter:  # prosody.advance, for sampled and forced tokens alike
             debt = jnp.where(code == prosody.GUARD, ~tab["level"][tok], s["guard_debt"])
             slot = at_rhyme[:, None] & (jnp.arange(prosody.MAX_RHYMES)[None, :] == s["n_used"][:, None])
@@ -807,6 +1084,23 @@ def _decode(graphdef, params, tab, batch, specials, key, poem_ids, temperature, 
                 used_rhymes=jnp.where(slot, tok[:, None], s["used_rhymes"]),
                 n_used=s["n_used"] + at_rhyme,
             )
+        if repeats:
+            new.update(_advance_repeats(tab, batch, s, earlier, tok, ends, use_head))
         return new
 
-    return jax.lax.while_loop(cond, body, init)["out"]
+    s = jax.lax.while_loop(cond, body, init)
+    if not score:
+        return {"ids": s["out"]}
+    return _keep_best(s["out"], s["lp_sum"] / jnp.maximum(s["lp_n"], 1), n_poems, best_of)
+
+
+def _keep_best(out, logprob, n_poems, best_of):
+    """{ids, logprob} per poem: with --best-of, the candidate of the highest mean log-probability
+    (the first on a tie, so candidate 0 - the plain sample - wins ties), and every candidate."""
+    if best_of == 1:
+        return {"ids": out, "logprob": logprob}
+    cands, scores = out.reshape(n_poems, best_of, -1), logprob.reshape(n_poems, best_of)
+    pick = _argmax(scores)
+    return {"ids": jnp.take_along_axis(cands, pick[:, None, None], axis=1)[:, 0],
+            "logprob": jnp.take_along_axis(scores, pick[:, None], axis=1)[:, 0],
+            "candidates": cands, "candidate_logprob": scores}

@@ -1,6 +1,6 @@
-"""Poem generation: constraints always hold, sampling is reproducible, greedy matches a plain loop,
-bad input gives one-line errors. A tiny random model keeps this file fast; compiled loops are reused
-(one Generator shape for most tests)."""
+"""Poem generation: constraints always hold (the repetition rules among them), sampling is
+reproducible, greedy matches a plain loop, bad input gives one-line errors. A tiny random model
+keeps this file fast; compiled loops are reused (one Generator shape for most tests)."""
 from __future__ import annotations
 
 import importlib.util
@@ -57,6 +57,18 @@ def gen():
 
 # ---- an independent reading of the rules ---------------------------------------------------------
 
+ENDERS = "，。！？；"
+
+
+def repetitions(text, form):
+    """(repeated lines, characters over the 绝句 cap) of a poem: a closed line (without its mark) equal
+    to an earlier line of the poem, and in 5x4 / 7x4 the characters that appear more than twice."""
+    lines = [line[:-1] for line in forms.split_lines(text) if line[-1] in ENDERS]
+    repeated = [line for k, line in enumerate(lines) if line and line in lines[:k]]
+    over = sorted({c for c in text if forms.is_hanzi(c) and text.count(c) > 2}) if form.name in ("5x4", "7x4") else []
+    return repeated, over
+
+
 def assert_well_formed(text, complete, form, request_kw):
     assert "<" not in text and "</s>" not in text
     if not form.free:
@@ -82,6 +94,10 @@ def assert_well_formed(text, complete, form, request_kw):
         heads = request_kw["acrostic"]
         assert (complete or form.free) and len(lines) == len(heads), (text, heads)
         assert all(line[0] == h for line, h in zip(lines, heads)), text
+    # The repetition rules, where the other masks leave room (a rhyme class of this small vocabulary
+    # may hold only the capped characters: the rule then gives way).
+    if not request_kw.get("allow_repeats") and not request_kw.get("rhyme") and not request_kw.get("prefix"):
+        assert repetitions(text, form) == ([], []), text
 
 
 BATCH = 6
@@ -127,8 +143,46 @@ def test_same_seed_same_poems_other_seed_differs(gen):
 
 # ---- greedy = the tutorial's loop, one token at a time -------------------------------------------
 
-def reference_greedy(model, prefix, allowed, style="", max_len=MAX_LEN):
-    """The tutorial's `generate` (plus pytorch-book's prefix_words), with a rule choosing among tokens."""
+def refused(out, form, vocab=VOCAB):
+    """Token ids the repetition rules refuse after `out`, read off the text: the one that would
+    complete a line equal to an earlier line (a fixed form's last character, free form's closing
+    mark, or the last token of a free line at its longest), and in a 绝句 every character already
+    written twice."""
+    text = [vocab.itos[i] for i in out]
+    lines, cur = [], []
+    for tok in text:
+        if tok in ENDERS:
+            lines.append(tuple(cur))
+            cur = []
+        else:
+            cur.append(tok)
+    bad = set()
+    if form.free and cur and tuple(cur) in lines:
+        bad |= {vocab.stoi[m] for m in ENDERS if m in vocab.stoi}
+    longest = FREE_LINE_MAX if form.free else form.line_len
+    if len(cur) == longest - 1:
+        bad |= {vocab.stoi[line[-1]] for line in lines if len(line) == longest and line[:-1] == tuple(cur)}
+    if form.name in ("5x4", "7x4"):
+        bad |= {vocab.stoi[c] for c in set(text) if forms.is_hanzi(c) and text.count(c) >= 2}
+    return bad
+
+
+def greedy_pick(logits, ok, plain=False):
+    """The tutorial's argmax over `ok` (`plain`), or greedy by class: the class of tokens (go on /
+    close the line / end the poem) with the most probability among `ok`, then its likeliest token."""
+    if plain:
+        return max(ok, key=lambda i: logits[i])
+    klass = lambda i: 2 if i == VOCAB.eop_id else 1 if VOCAB.itos[i] in ENDERS else 0  # noqa: E731
+    p = np.exp(logits[ok].astype(np.float64) - logits[ok].max())
+    mass = [sum(q for i, q in zip(ok, p) if klass(i) == c) for c in range(3)]
+    best = max(range(3), key=lambda c: (mass[c], -c))  # a tie goes on
+    return max((i for i in ok if klass(i) == best), key=lambda i: logits[i])
+
+
+def reference_greedy(model, prefix, allowed, style="", max_len=MAX_LEN, form=None, plain=False):
+    """The tutorial's `generate` (plus pytorch-book's prefix_words), with a rule choosing among tokens:
+    `allowed(out)`, less what the repetition rules of `form` refuse (unless nothing would be left;
+    no `form`: no repetition rules), then `greedy_pick`."""
     ids = [VOCAB.stoi[c] for c in prefix]
     feed = [VOCAB.start_id, *(VOCAB.stoi[c] for c in style)]
     step = nnx.jit(lambda m, tok, hx: m(tok, hx))  # one model call per token; jit only for speed
@@ -139,7 +193,13 @@ def reference_greedy(model, prefix, allowed, style="", max_len=MAX_LEN):
     for t in range(max_len):
         logits, hx = step(model, jnp.array([[inp]], jnp.int32), hx)
         logits = np.asarray(logits[0, 0])
-        tok = ids[t] if t < len(ids) else max(allowed(out), key=lambda i: logits[i])
+        if t < len(ids):
+            tok = ids[t]
+        else:
+            ok = allowed(out)
+            if form is not None:
+                ok = [i for i in ok if i not in refused(out, form)] or ok
+            tok = greedy_pick(logits, ok, plain)
         out.append(tok)
         if tok == VOCAB.eop_id:
             break
@@ -166,16 +226,20 @@ def quatrain_rule(out):
     return [i for i, t in enumerate(VOCAB.itos) if forms.is_hanzi(t) and i > 2]
 
 
+@pytest.mark.parametrize("old", [False, True], ids=["greedy", "tutorial"])
 @pytest.mark.parametrize("cell,prefix,style,form,rule,boost", [
     ("lstm", "春", "", "free", free_rule, ("<EOP>", "，")),
     ("lstm", "床前", "白日依山尽，", "5x4", quatrain_rule, ()),
     ("gru", "何处", "江南", "free", free_rule, ("。",)),
 ])
-def test_greedy_equals_step_by_step_reference(cell, prefix, style, form, rule, boost):
+def test_greedy_equals_step_by_step_reference(cell, prefix, style, form, rule, boost, old):
+    """Greedy (by class, with the repetition rules), and `old`: the tutorial's argmax with
+    --allow-repeats, token for token as the tutorial's loop."""
     model = tiny_model(5, cell, boost=[VOCAB.stoi[t] for t in boost], scale=3.0)
     g = Generator(model, VOCAB, max_len=40)
-    ids = g.generate_ids([g.request(prefix=prefix, style=style, form=form)], Sampling(greedy=True))[0]
-    want = reference_greedy(model, prefix, rule, style, max_len=40)
+    request = g.request(prefix=prefix, style=style, form=form, allow_repeats=old)
+    ids = g.generate_ids([request], Sampling(greedy=True, plain_argmax=old))[0]
+    want = reference_greedy(model, prefix, rule, style, max_len=40, form=None if old else request.form, plain=old)
     assert ids[: len(want)].tolist() == want
     assert (ids[len(want):] == VOCAB.pad_id).all()
 
@@ -381,6 +445,8 @@ def assert_meter_poem(poem, kw):
         r = prosody.check_poem(text, [template_of(poem)])
         assert r.violations == [] and r.passes_meter and r.rhymes, (text, poem.template, r.violations)
         assert prosody.check_poem(text).passes_meter
+        if not kw.get("prefix") and not kw.get("acrostic"):  # the repetition rules hold alongside 格律
+            assert repetitions(text, forms.FORMS[poem.form]) == ([], []), text
     else:
         assert poem.template is None
         assert prosody.check_rhyme(text)[0], text
@@ -401,8 +467,10 @@ def test_meter_poems_pass_the_checker(weights, reqs, sampling, seed, boost):
 
 def reference_meter(tables, template, rank, given):
     """The poem greedy decoding must write when the logits are `rank` everywhere: at each character,
-    the best-ranked token of `prosody.allowed_mask` (a numpy step of the loop), or the given one."""
+    the best-ranked token of `prosody.allowed_mask` (a numpy step of the loop) less what the repetition
+    rules refuse (unless nothing would be left), or the given one."""
     t = prosody.TEMPLATES[template]
+    form = forms.FORMS[t.form]
     chars = np.array([forms.is_hanzi(s) for s in METER_VOCAB.itos])
     state = prosody.MaskState(rhyme_groups=prosody.usable_groups(tables, t.n_rhymes))
     out = []
@@ -412,7 +480,9 @@ def reference_meter(tables, template, rank, given):
                 tok = METER_VOCAB.stoi[given[line, pos]]
             else:
                 ok = prosody.allowed_mask(tables, template, line, pos, state) & chars
-                tok = int(np.argmax(np.where(ok, rank, -np.inf)))
+                fresh = ok.copy()
+                fresh[list(refused(out, form, METER_VOCAB))] = False
+                tok = int(np.argmax(np.where(fresh if fresh.any() else ok, rank, -np.inf)))
                 assert ok[tok]
             out.append(tok)
             state = prosody.advance(tables, template, line, pos, state, tok)
