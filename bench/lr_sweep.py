@@ -11,6 +11,9 @@ finished ones, so a sweep may span sessions.
 
     python bench/lr_sweep.py --out /work/runs/sweep --minutes 15 30
     python bench/lr_sweep.py --out /work/runs/sweep --report-only      # the table from what exists
+    # model size at equal wall-clock, one session's share at a time (bench/step_cost.py: 2x512 costs 2.0x):
+    python bench/lr_sweep.py --out /work/runs/size --configs cos-3e-3-drop0.2 --minutes 60 180 \
+        --seconds-per-step 0.62 --extra "--hidden-dim 512" --tag -2x512 --time-budget 120
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "const-1e-3": ["--lr", "1e-3"],                      # the tutorial's recipe
     "const-3e-3": ["--lr", "3e-3"],                      # the shipped model's (resumed at 3e-3 by hand)
+    "const-6e-3": ["--lr", "6e-3"],
     "cos-3e-3": ["--lr", "3e-3", "--schedule", "cosine", "--warmup-steps", "200"],
     "lin-3e-3": ["--lr", "3e-3", "--schedule", "linear", "--warmup-steps", "200"],
     "cos-6e-3": ["--lr", "6e-3", "--schedule", "cosine", "--warmup-steps", "200"],
@@ -63,6 +67,8 @@ def main() -> int:
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--extra", default="", help="more train.py flags for every run (e.g. a model size)")
     p.add_argument("--tag", default="", help="suffix of the run folders (e.g. the model size)")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="stop each unfinished run after this many minutes of this call (it resumes next time)")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
 
@@ -78,6 +84,8 @@ def main() -> int:
             continue
         cmd = [sys.executable, str(ROOT / "train.py"), *COMMON, *CONFIGS[name], *args.extra.split(),
                "--max-steps", str(marks[-1]), "--eval-every", str(eval_every), "--checkpoint-dir", str(run_dir)]
+        if args.time_budget:
+            cmd += ["--time-budget", str(args.time_budget)]
         print("$", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
 

@@ -36,5 +36,5 @@ def tiny_checkpoint(tiny_corpus, tmp_path_factory):
 
     path = tmp_path_factory.mktemp("ckpt") / "lstm"
     train(data=tiny_corpus, checkpoint_dir=path, embedding_dim=8, hidden_dim=16, batch_size=8, max_steps=2,
-          val_fraction=0.1, sample_every=0, quiet=True, progress=False)
+          lr=1e-3, schedule="constant", warmup_steps=0, val_fraction=0.1, sample_every=0, quiet=True, progress=False)
     return path

@@ -16,7 +16,7 @@ from rnnjax.poetry.generation import Generator, Sampling
 from rnnjax.poetry.training import train
 
 TINY = dict(embedding_dim=8, hidden_dim=16, batch_size=8, sample_every=0, log_every=1, quiet=True,
-            progress=False, val_fraction=0.0, lr=2e-2)
+            progress=False, val_fraction=0.0, lr=2e-2, schedule="constant", warmup_steps=0)
 
 
 def _losses(ckpt_dir):

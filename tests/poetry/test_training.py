@@ -19,8 +19,9 @@ from rnnjax.poetry.errors import UserError
 from rnnjax.poetry.training import train
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = dict(epochs=1000, embedding_dim=8, hidden_dim=16, batch_size=8, sample_every=0, log_every=1, quiet=True,
-            progress=False)
+# A constant learning rate (each test names it), whatever train.py's default schedule is.
+TINY = dict(epochs=1000, embedding_dim=8, hidden_dim=16, batch_size=8, schedule="constant", warmup_steps=0,
+            sample_every=0, log_every=1, quiet=True, progress=False)
 
 
 def _metrics(ckpt_dir):
@@ -159,7 +160,8 @@ SCRIPT = """
 import json, sys, jax
 from rnnjax.poetry.training import train
 train(data=sys.argv[1], checkpoint_dir=sys.argv[2], max_steps=3, save_every=0, val_fraction=0.0,
-      embedding_dim=8, hidden_dim=16, batch_size=8, sample_every=0, log_every=1, quiet=True, progress=False)
+      embedding_dim=8, hidden_dim=16, batch_size=8, schedule="constant", warmup_steps=0, sample_every=0,
+      log_every=1, quiet=True, progress=False)
 print(json.dumps({"devices": jax.device_count()}))
 """
 
@@ -183,7 +185,7 @@ def test_lr_schedule_warmup_then_decay_to_the_floor():
         f = lr_schedule(TrainConfig(lr=4e-3, **flags), 110)
         return np.array([float(f(s)) for s in steps])
 
-    np.testing.assert_allclose(rates([0, 50, 109, 500]), 4e-3, rtol=1e-6)  # constant, the default
+    np.testing.assert_allclose(rates([0, 50, 109, 500], schedule="constant", warmup_steps=0), 4e-3, rtol=1e-6)
     # Warmup: lr/10, 2 lr/10, ... reaching lr at step 9; then the decay starts from lr.
     np.testing.assert_allclose(rates(range(11), schedule="cosine", warmup_steps=10)[:10],
                                4e-3 * np.arange(1, 11) / 10, rtol=1e-5)
@@ -191,10 +193,11 @@ def test_lr_schedule_warmup_then_decay_to_the_floor():
     mid = 10 + 50
     cos = rates([10, mid, 110, 400], schedule="cosine", warmup_steps=10, lr_floor=0.25)
     np.testing.assert_allclose(cos, [4e-3, 4e-3 * (0.25 + 0.75 * 0.5), 1e-3, 1e-3], rtol=1e-5)
-    lin = rates([0, 55, 110, 400], schedule="linear", lr_floor=0.0)
+    lin = rates([0, 55, 110, 400], schedule="linear", warmup_steps=0, lr_floor=0.0)
     np.testing.assert_allclose(lin, [4e-3, 2e-3, 0.0, 0.0], rtol=1e-5, atol=1e-9)
     # --decay-steps moves the end of the decay.
-    np.testing.assert_allclose(rates([30, 60], schedule="linear", decay_steps=30, lr_floor=0.5), 2e-3, rtol=1e-5)
+    np.testing.assert_allclose(rates([30, 60], schedule="linear", warmup_steps=0, decay_steps=30, lr_floor=0.5),
+                               2e-3, rtol=1e-5)
 
 
 def test_schedule_flags_are_checked():
