@@ -42,23 +42,21 @@ def main() -> int:
         layers, hidden = (int(x) for x in size.split("x"))
         cfg = TrainConfig(data=args.data, precision=args.precision, embedding_dim=args.embedding_dim,
                           num_layers=layers, hidden_dim=hidden)
-        s = _State(cfg, len(data.vocab))
-        s.lr_at = lambda step: 1e-3
-        states[size] = s
+        states[size] = _State(cfg, len(data.vocab))
     # Warm-up: one step per bucket length compiles every shape the timed steps will meet.
     lengths = {}
     for b in batches:
         lengths.setdefault(b.inputs.shape[0], b)
     for s in states.values():
         for b in lengths.values():
-            s.train_on(b, 0)
+            s.train_on(b, 0, 1e-3)
     seconds = {size: 0.0 for size in states}
     tokens = 0
     for i, b in enumerate(batches[:args.steps]):
         tokens += int(b.mask.sum())
         for size, s in states.items():
             t = time.perf_counter()
-            s.train_on(b, i)  # returns host floats: the step has finished
+            s.train_on(b, i, 1e-3)  # returns host floats: the step has finished
             seconds[size] += time.perf_counter() - t
     n = min(args.steps, len(batches))
     first = args.sizes[0]

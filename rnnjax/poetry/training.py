@@ -429,16 +429,16 @@ class _State:
         self._static = dict(graphdef=self.graphdef, dropout=bool(cfg.dropout and cfg.num_layers > 1),
                             precision=cfg.precision)
         self._clip = np.float32(cfg.clip)
-        self.lr_at = None  # step -> learning rate: _Run sets it once the run's length is known
 
     def _put(self, array):
         return jax.make_array_from_callback(array.shape, self._batch_sharding, lambda idx: array[idx])
 
-    def train_on(self, batch, step: int) -> tuple[float, bool]:
-        """Step number `step` (from 0): (loss, whether the loss and the new parameters are finite)."""
+    def train_on(self, batch, step: int, lr: float) -> tuple[float, bool]:
+        """Step number `step` (from 0) at learning rate `lr`: (loss, whether the loss and the new
+        parameters are finite)."""
         self.params, self.opt_state, loss, ok = train_step(
             self.params, self.opt_state, self.rest, self._put(batch.inputs), self._put(batch.targets),
-            self._put(batch.mask), self.base_key, np.int32(step), np.float32(self.lr_at(step)), self._clip,
+            self._put(batch.mask), self.base_key, np.int32(step), np.float32(lr), self._clip,
             **self._static)
         return _scalar(loss), bool(_local_copy(ok))
 
@@ -532,7 +532,7 @@ class _Run:
         self.total = self.per_epoch * cfg.epochs if cfg.max_steps is None else \
             min(self.per_epoch * cfg.epochs, cfg.max_steps)
         schedule = jax.jit(lr_schedule(cfg, self.total))
-        state.lr_at = lambda step: float(schedule(step))
+        self.lr_at = lambda step: float(schedule(step))  # the run's length fixes the decay's end
         self.deadline = None if cfg.time_budget is None else t_call + 60.0 * cfg.time_budget
         self.meter = _Meter()
         self.result = TrainResult(0, "done", checkpoint_dir=str(self.ckpt_dir))
@@ -586,7 +586,7 @@ class _Run:
     def train_on(self, epoch: int, batch) -> None:
         """One step; UserError, before anything is saved, when the loss or the parameters stop being finite."""
         traces, t0 = TRACES["train"], time.perf_counter()
-        loss, ok = self.state.train_on(batch, self.step)
+        loss, ok = self.state.train_on(batch, self.step, self.lr_at(self.step))
         seconds = time.perf_counter() - t0
         self.step += 1
         if not ok:
@@ -639,7 +639,7 @@ class _Run:
         _append_line(self.ckpt_dir / METRICS_NAME, json.dumps({
             "step": self.step, "epoch": epoch + (index + 1) / self.per_epoch, "loss": loss, "val_loss": val_loss,
             "val_ppl": math.exp(min(val_loss, 700)) if val_loss is not None else None,
-            "tokens_per_s": rate, "lr": self.state.lr_at(self.step - 1), "wall_time": round(self.wall_time(), 3)}))
+            "tokens_per_s": rate, "lr": self.lr_at(self.step - 1), "wall_time": round(self.wall_time(), 3)}))
         if self.bar.disable and self.cfg.log_every and self.step % self.cfg.log_every == 0:
             # "-": every step since the last line compiled, and compile time is not throughput.
             self.say(f"step {self.step}/{self.total}: loss {loss:.4f}, "
