@@ -36,6 +36,7 @@ CONFIGS = {
     "lin-3e-3": ["--lr", "3e-3", "--schedule", "linear", "--warmup-steps", "200"],
     "cos-6e-3": ["--lr", "6e-3", "--schedule", "cosine", "--warmup-steps", "200"],
     "cos-3e-3-drop0.2": ["--lr", "3e-3", "--schedule", "cosine", "--warmup-steps", "200", "--dropout", "0.2"],
+    "cos-6e-3-drop0.2": ["--lr", "6e-3", "--schedule", "cosine", "--warmup-steps", "200", "--dropout", "0.2"],
 }
 COMMON = ["--precision", "bfloat16", "--sample-every", "0", "--save-every", "500", "--no-progress",
           "--epochs", "1000"]

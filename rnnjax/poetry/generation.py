@@ -56,10 +56,12 @@ forced token (prefix character, acrostic head) replaces the prediction.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import hashlib
 import math
+import os
 import re
 import typing
 import unicodedata
@@ -98,6 +100,10 @@ CANDIDATES = 64
 # draws with the poem's own key (so it is the plain sample); candidate j > 0 with the key folded with
 # _CANDIDATE_TAG, then j.
 MAX_BEST_OF = 64
+# On a CPU a batch of at least 2 * MIN_PART_ROWS rows is decoded in equal parts, one thread each (see
+# `decode_parts`); smaller parts lose more to thinner matmuls than the threads win.
+MIN_PART_ROWS = 32
+MAX_PARTS = 8
 _CANDIDATE_TAG = 0x62657374
 # Repetition: in the forms of CAP_FORMS (绝句) no character more than CHAR_CAP times. A 七言绝句 has 28
 # characters, so at most 14 distinct ones reach the cap: the loop's list of capped characters.
@@ -363,6 +369,8 @@ class Generator:
         self._meter_dev = None  # the same plus the 格律 tables, built on first use (the dictionary loads in ~1 s)
         self._usable: dict[int, int] = {}
         self._t2s = None
+        self.threads: int | None = None  # parts a batch is decoded in; None: `decode_parts` decides
+        self._warm: set = set()  # batch shapes whose loop has run (compiled) once
 
     @property
     def prosody_tables(self) -> prosody.ProsodyTables:
@@ -606,14 +614,33 @@ class Generator:
             templates = self.choose_templates(requests, seed, poem_ids)
         arrays = self.batch_arrays(requests, templates)
         specials = np.array([self.vocab.pad_id, self.vocab.eop_id], np.int32)
-        many = sampling.best_of > 1
-        res = _decode(
-            self.graphdef, self.params, self._meter_tables() if meter else self._tables_dev, arrays, specials,
-            seed_key(seed), poem_ids,
-            np.float32(max(sampling.temperature, 1e-6)), np.int32(sampling.top_k), np.float32(sampling.top_p),
-            max_len=self.max_len, mode=sampling.mode, meter=meter, repeats=_uses_repeat_masks(requests),
-            best_of=sampling.best_of, score=bool(score or many),
-        )
+        tables = self._meter_tables() if meter else self._tables_dev
+        statics = dict(max_len=self.max_len, mode=sampling.mode, meter=meter, repeats=_uses_repeat_masks(requests),
+                       best_of=sampling.best_of, score=bool(score or sampling.best_of > 1))
+
+        def run(rows: slice) -> dict:
+            return _decode(
+                self.graphdef, self.params, tables, {k: v[rows] for k, v in arrays.items()}, specials,
+                seed_key(seed), poem_ids[rows],
+                np.float32(max(sampling.temperature, 1e-6)), np.int32(sampling.top_k), np.float32(sampling.top_p),
+                **statics)
+
+        parts = decode_parts(len(requests), sampling.best_of) if self.threads is None else self.threads
+        if len(requests) % parts:
+            parts = 1
+        size = len(requests) // parts
+        slices = [slice(i * size, (i + 1) * size) for i in range(parts)]
+        signature = (size, tuple((k, v.shape[1:]) for k, v in arrays.items()), tuple(sorted(statics.items())))
+        if parts == 1:
+            res = run(slices[0])
+        else:
+            # The first call of a shape compiles in this thread alone (two threads would both compile).
+            # Each thread waits for its part: a dispatch returns at once, and parts dispatched from one
+            # thread run one after the other.
+            first = [] if signature in self._warm else [run(slices[0])]
+            outs = first + list(_pool().map(lambda rows: jax.block_until_ready(run(rows)), slices[len(first):]))
+            res = {k: np.concatenate([np.asarray(o[k]) for o in outs]) for k in outs[0]}
+        self._warm.add(signature)
         if not full:
             return np.asarray(res["ids"])
         got = lambda k: np.asarray(res[k]) if k in res else None  # noqa: E731
@@ -683,6 +710,28 @@ class Decoded(typing.NamedTuple):
     logprob: np.ndarray | None = None
     candidates: np.ndarray | None = None
     candidate_logprob: np.ndarray | None = None
+
+
+def decode_parts(n_poems: int, best_of: int = 1) -> int:
+    """How many equal parts, each in a thread of its own, a batch of `n_poems` is decoded in.
+
+    Why: a sampled step spends most of its time in `lax.top_k`, which XLA:CPU runs as one
+    single-threaded partial sort per row - the other cores wait. Two halves of a 256-poem batch in two
+    threads run concurrently (the threads release the GIL inside the compiled loop). Each row's
+    tokens depend on its own inputs and key only, so the poems are the same whatever the split.
+    On an accelerator one program already fills the device: no split."""
+    if jax.default_backend() != "cpu":
+        return 1
+    rows = n_poems * best_of
+    parts = min(os.cpu_count() or 1, MAX_PARTS, rows // MIN_PART_ROWS)
+    while parts > 1 and n_poems % parts:
+        parts -= 1
+    return max(parts, 1)
+
+
+@functools.cache
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(MAX_PARTS, thread_name_prefix="rnnjax-decode")
 
 
 def _kind_facts(allowed: np.ndarray, klass: np.ndarray) -> dict:

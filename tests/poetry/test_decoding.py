@@ -270,3 +270,36 @@ def test_cli_best_of_allow_repeats_and_logprob(tiny, tiny_export, capsys, monkey
         main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--best-of N" in help_text and "--allow-repeats" in help_text and "mean log-probability" in help_text
+
+
+# ---- a batch decoded in parts, one thread each ----------------------------------------------------
+
+@pytest.mark.parametrize("sampling", [Sampling(), Sampling(greedy=True), Sampling(best_of=2, top_k=5)],
+                         ids=["sampled", "greedy", "best-of"])
+def test_a_batch_split_across_threads_writes_the_same_poems(tiny, sampling):
+    """Each row's tokens depend on its own inputs and key: 1, 2 or 4 parts give the same poems."""
+    _, gen = tiny
+    reqs = [gen.request(prefix="春", form="5x4"), gen.request(form="free"), gen.request(acrostic="春风", form="auto"),
+            gen.request(form="7x4")]
+    out = {}
+    try:
+        for parts in (1, 2, 4):
+            gen.threads = parts
+            d = gen.decode(reqs, sampling, seed=5, score=True)
+            out[parts] = (d.ids, d.logprob)
+    finally:
+        gen.threads = None
+    assert len({tuple(map(tuple, ids)) for ids, _ in out.values()}) == 1
+    np.testing.assert_array_equal(out[1][1], out[2][1])
+    np.testing.assert_array_equal(out[1][1], out[4][1])
+
+
+@pytest.mark.parametrize("cores,poems,best_of,parts", [
+    (2, 256, 1, 2), (2, 64, 1, 2), (2, 63, 1, 1), (2, 65, 1, 1), (1, 256, 1, 1), (8, 256, 1, 8),
+    (8, 96, 1, 3), (8, 4, 16, 2), (2, 1, 64, 1), (64, 1024, 1, g.MAX_PARTS)])
+def test_decode_parts(monkeypatch, cores, poems, best_of, parts):
+    """Equal parts of at least MIN_PART_ROWS rows, no more than the cores, on a CPU only."""
+    monkeypatch.setattr(g.os, "cpu_count", lambda: cores)
+    assert g.decode_parts(poems, best_of) == parts
+    monkeypatch.setattr(g.jax, "default_backend", lambda: "gpu")
+    assert g.decode_parts(poems, best_of) == 1
