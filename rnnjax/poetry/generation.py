@@ -103,6 +103,8 @@ MAX_BEST_OF = 64
 # On a CPU a batch of at least 2 * MIN_PART_ROWS rows is decoded in equal parts, one thread each (see
 # `decode_parts`); smaller parts lose more to thinner matmuls than the threads win.
 MIN_PART_ROWS = 32
+# Greedy in bfloat16/float16 re-scores this many best candidates in float32 (see `_exact_best`).
+EXACT_CANDIDATES = 3
 MAX_PARTS = 8
 _CANDIDATE_TAG = 0x62657374
 # Repetition: in the forms of CAP_FORMS (绝句) no character more than CHAR_CAP times. A 七言绝句 has 28
@@ -353,6 +355,10 @@ class Generator:
         model.eval()
         self.precision = precision
         self.graphdef, self.params = nnx.split(cast_model(model, precision))
+        # Greedy in a half precision re-scores its best candidates with the float32 output layer
+        # (`_exact_best`): (V, H) kernel rows and the bias. None in float32.
+        self._exact = None if precision == "float32" else (
+            jnp.asarray(model.linear1.kernel[...], jnp.float32).T, jnp.asarray(model.linear1.bias[...], jnp.float32))
         self.vocab = vocab
         self.max_len = max_len
         self.tables = forms.token_tables(vocab)
@@ -620,7 +626,8 @@ class Generator:
 
         def run(rows: slice) -> dict:
             return _decode(
-                self.graphdef, self.params, tables, {k: v[rows] for k, v in arrays.items()}, specials,
+                self.graphdef, self.params, self._exact if sampling.mode == "greedy" else None, tables,
+                {k: v[rows] for k, v in arrays.items()}, specials,
                 seed_key(seed), poem_ids[rows],
                 np.float32(max(sampling.temperature, 1e-6)), np.int32(sampling.top_k), np.float32(sampling.top_p),
                 **statics)
@@ -755,7 +762,7 @@ def _greedy_tables(klass: np.ndarray) -> dict:
     marks = np.flatnonzero(klass == _CLOSE)
     special = np.concatenate([marks, np.full(5 - len(marks), v), np.flatnonzero(klass == _END)]).astype(np.int32)
     return {"go_bias": jnp.asarray(np.where(klass == _GO_ON, 0.0, -np.inf).astype(np.float32)),
-            "special": jnp.asarray(special)}
+            "special": jnp.asarray(special), "klass": jnp.asarray(klass)}
 
 
 def _uses_repeat_masks(requests: list[Request]) -> bool:
@@ -812,24 +819,24 @@ def check_punctuation(prefix: str) -> None:
 
 
 def cast_model(model, precision: str):
-    """`model` itself for "float32"; else a copy with every weight matrix (embeddings, layer
-    weights, output layer) in `precision` ("bfloat16" or "float16"), biases as they are, and the
-    embedding lookup returning that dtype, so that the layers compute in it: matmul operands in
-    it, sums, gate math and logits in float32 (see rnnjax.recurrent.apply)."""
+    """`model` itself for "float32"; else a copy whose output layer's kernel is in `precision`
+    ("bfloat16" or "float16"): the loop's output matmul then takes half-precision operands and sums
+    and returns float32 logits. Embeddings and recurrent layers stay float32.
+
+    Why the output layer only: at a vocabulary of thousands it is most of a batch step's work and
+    nearly all of its weight bytes, and its rounding moves only the logits, which greedy re-decides
+    in float32 (`_exact_best`). Rounding the recurrent weights too sped a 256-poem batch up little
+    but changed 6 of 100 greedy poems of the shipped model (the error feeds back through the state;
+    README, Performance)."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "float32":
         return model
-    dtype = jnp.dtype(precision)
     graphdef, params = nnx.split(model)
-
-    def cast(a):
-        floating = jnp.issubdtype(a.dtype, jnp.floating)
-        return a.astype(dtype) if floating and a.ndim >= 2 else a
-
-    copy = nnx.merge(graphdef, jax.tree.map(cast, params))
-    copy.embeddings.dtype = dtype  # nnx.Embed casts its table to `dtype` (float32 by default)
-    return copy
+    params = jax.tree.map(lambda a: a, params)  # new Variables: the copy shares no state with `model`
+    params["linear1"]["kernel"] = params["linear1"]["kernel"].replace(
+        jnp.asarray(model.linear1.kernel[...], precision))
+    return nnx.merge(graphdef, params)
 
 
 def check_rhyme_flags(form: str, rhyme: bool | str | None, meter: bool) -> str | None:
@@ -937,6 +944,28 @@ def _greedy(logits, tab, mixed):
     return jax.lax.cond(jnp.any(mixed), by_class, lambda: _argmax(logits))
 
 
+def _exact_best(logits, tok, h, exact, klass, n=EXACT_CANDIDATES):
+    """Greedy's token re-decided in float32: among the `n` likeliest allowed tokens of `tok`'s class
+    (by the half-precision `logits`), the one whose logit under the float32 output layer `exact`
+    ((V, H) kernel rows, bias) is the highest, the likelier first on a tie. (B,) int32.
+
+    Why: rounding the output layer's weights to bfloat16 moves a logit by about 1e-2, enough to flip
+    a near-tie between the two best characters, and one flipped character changes the rest of a
+    greedy poem. Recomputing a few candidates' logits costs n dot products of H per row."""
+    kernel, bias = exact
+    cols = jnp.arange(logits.shape[1])
+    x = jnp.where(klass[None, :] == klass[tok][:, None], logits, -jnp.inf)
+    cand = [tok]
+    for _ in range(n - 1):
+        x = jnp.where(cols[None, :] == cand[-1][:, None], -jnp.inf, x)
+        cand.append(_argmax(x))
+    cand = jnp.stack(cand, axis=1)  # (B, n), likeliest first
+    allowed = jnp.isfinite(jnp.take_along_axis(logits, cand, axis=1))
+    score = jnp.einsum("bnh,bh->bn", kernel[cand], h.astype(jnp.float32)) + bias[cand]
+    best = _argmax(jnp.where(allowed, score, -jnp.inf))
+    return jnp.take_along_axis(cand, best[:, None], axis=1)[:, 0]
+
+
 def _repeat_mask(tab, batch, s, earlier, kind, narrowed, logits_fn):
     """-inf on the tokens the repetition rules refuse this step, unless that leaves a row no token.
     `logits_fn()`: the logits with the forms' and 格律's masks (called again, in the rare step where
@@ -1009,7 +1038,7 @@ def _candidate_keys(key, poem_ids, best_of):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_len", "mode", "meter", "repeats", "best_of", "score"))
-def _decode(graphdef, params, tab, batch, specials, key, poem_ids, temperature, top_k, top_p, *,
+def _decode(graphdef, params, exact, tab, batch, specials, key, poem_ids, temperature, top_k, top_p, *,
             max_len, mode, meter=False, repeats=False, best_of=1, score=False):
     model = nnx.merge(graphdef, params)
     n_poems = batch["first"].shape[0]
@@ -1077,7 +1106,8 @@ def _decode(graphdef, params, tab, batch, specials, key, poem_ids, temperature, 
             # In the weights' dtype with float32 sums and logits (a bfloat16 matmul with a bfloat16
             # result is slower on CPUs than float32); the log-sum-exp here, next to the matmul, is
             # the one extra pass over the vocabulary that the scores cost.
-            raw = jnp.matmul(features[0], model.linear1.kernel[...].astype(features.dtype),
+            kernel = model.linear1.kernel[...]
+            raw = jnp.matmul(features[0].astype(kernel.dtype), kernel,
                              preferred_element_type=jnp.float32) + model.linear1.bias[...]
             return raw, (jax.nn.logsumexp(raw, axis=-1) if score else jnp.zeros(b))
 
@@ -1103,6 +1133,8 @@ def _decode(graphdef, params, tab, batch, specials, key, poem_ids, temperature, 
             logits = masked_logits()
         if mode == "greedy":
             sampled = _greedy(logits, tab, tab["mixed"][kind] & ~determined)
+            if exact is not None:
+                sampled = _exact_best(logits, sampled, features[0], exact, tab["klass"])
         elif mode == "argmax":
             sampled = _argmax(logits)
         else:  # where the mask alone picks every token, no top-k (a partial sort) is needed

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import train as train_cli
 from rnnjax.poetry.checkpoint import load_model
@@ -81,8 +82,9 @@ def test_generator_casts_the_weights_once(tiny_checkpoint):
     model, vocab, _ = load_model(tiny_checkpoint)
     f32 = Generator(model, vocab, max_len=32)
     bf16 = Generator(model, vocab, max_len=32, precision="bfloat16")
-    kinds = {(a.ndim, str(a.dtype)) for a in jax.tree.leaves(bf16.params)}
-    assert kinds == {(2, "bfloat16"), (1, "float32")}  # weight matrices cast, biases kept
+    cast = {k for k, a in nnx.to_flat_state(bf16.params) if a[...].dtype != jnp.float32}
+    assert cast == {("linear1", "kernel")}  # the output layer's kernel only
+    assert bf16.params["linear1"]["kernel"][...].dtype == jnp.bfloat16
     assert {str(a.dtype) for a in jax.tree.leaves(f32.params)} == {"float32"}
     assert model.embeddings.embedding[...].dtype == jnp.float32  # the caller's model is untouched
     requests = [f32.request(prefix="床"), f32.request(form="5x4")]
@@ -92,3 +94,21 @@ def test_generator_casts_the_weights_once(tiny_checkpoint):
     assert a.shape == b.shape == c.shape and b.dtype == np.int32
     with pytest.raises(UserError, match="--precision"):
         Generator(model, vocab, precision="int8")
+
+
+def test_greedy_in_half_precision_re_decides_in_float32():
+    """`_exact_best`: among the few likeliest allowed tokens of the chosen token's class, the one
+    the float32 output layer scores highest; masked tokens and other classes never win."""
+    from rnnjax.poetry.generation import _exact_best
+
+    klass = jnp.array([0, 0, 0, 0, 1, 2])  # four characters, a mark, <EOP>
+    exact_logits = np.array([1.0, 1.2, 0.5, 3.0, 5.0, 6.0], np.float32)
+    kernel = np.stack([exact_logits, np.zeros(6, np.float32)], axis=1)  # (V, H): logit = h . row with h = (1, 0)
+    bias = jnp.zeros(6)
+    rounded = jnp.array([[1.1, 1.0, 0.4, -jnp.inf, 4.0, 7.0],   # 0 and 1 swapped by rounding; 3 masked
+                         [1.1, 1.0, 0.4, -jnp.inf, 4.0, 7.0],
+                         [1.1, -jnp.inf, 0.4, -jnp.inf, 4.0, 7.0]])
+    tok = jnp.array([0, 5, 0])  # greedy by class chose: go on, end, go on
+    h = jnp.array([[1.0, 0.0]] * 3, jnp.bfloat16)
+    got = _exact_best(rounded, tok, h, (jnp.asarray(kernel), bias), klass)
+    assert got.tolist() == [1, 5, 0]
