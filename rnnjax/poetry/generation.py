@@ -633,20 +633,8 @@ class Generator:
                 **statics)
 
         parts = decode_parts(len(requests), sampling.best_of) if self.threads is None else self.threads
-        if len(requests) % parts:
-            parts = 1
-        size = len(requests) // parts
-        slices = [slice(i * size, (i + 1) * size) for i in range(parts)]
-        signature = (size, tuple((k, v.shape[1:]) for k, v in arrays.items()), tuple(sorted(statics.items())))
-        if parts == 1:
-            res = run(slices[0])
-        else:
-            # The first call of a shape compiles in this thread alone (two threads would both compile).
-            # Each thread waits for its part: a dispatch returns at once, and parts dispatched from one
-            # thread run one after the other.
-            first = [] if signature in self._warm else [run(slices[0])]
-            outs = first + list(_pool().map(lambda rows: jax.block_until_ready(run(rows)), slices[len(first):]))
-            res = {k: np.concatenate([np.asarray(o[k]) for o in outs]) for k in outs[0]}
+        signature = (len(requests), parts, tuple((k, v.shape[1:]) for k, v in arrays.items()), tuple(sorted(statics.items())))
+        res = _run_in_parts(run, len(requests), parts, compiled=signature in self._warm)
         self._warm.add(signature)
         if not full:
             return np.asarray(res["ids"])
@@ -734,6 +722,22 @@ def decode_parts(n_poems: int, best_of: int = 1) -> int:
     while parts > 1 and n_poems % parts:
         parts -= 1
     return max(parts, 1)
+
+
+def _run_in_parts(run, n: int, parts: int, compiled: bool) -> dict:
+    """`run(rows)` over rows 0..n in `parts` equal slices, concurrently, joined into one dict of
+    numpy arrays (one slice, and run's own result, where `parts` does not divide n).
+
+    The first call of a shape runs its first slice in this thread alone, since two threads would
+    both compile. Each pool thread waits for its slice: a dispatch returns at once, and slices
+    dispatched from one thread run one after the other."""
+    if parts <= 1 or n % parts:
+        return run(slice(0, n))
+    size = n // parts
+    slices = [slice(i * size, (i + 1) * size) for i in range(parts)]
+    first = [] if compiled else [run(slices[0])]
+    outs = first + list(_pool().map(lambda rows: jax.block_until_ready(run(rows)), slices[len(first):]))
+    return {k: np.concatenate([np.asarray(o[k]) for o in outs]) for k in outs[0]}
 
 
 @functools.cache
