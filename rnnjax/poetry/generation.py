@@ -633,7 +633,8 @@ class Generator:
                 **statics)
 
         parts = decode_parts(len(requests), sampling.best_of) if self.threads is None else self.threads
-        signature = (len(requests), parts, tuple((k, v.shape[1:]) for k, v in arrays.items()), tuple(sorted(statics.items())))
+        shapes = tuple((k, v.shape[1:]) for k, v in arrays.items())
+        signature = (len(requests), parts, shapes, tuple(sorted(statics.items())))
         res = _run_in_parts(run, len(requests), parts, compiled=signature in self._warm)
         self._warm.add(signature)
         if not full:
