@@ -981,7 +981,8 @@ def _repeat_mask(tab, batch, s, earlier, kind, narrowed, logits_fn):
     line at its longest) when the line would then equal an earlier line (`earlier` (B, lines): each
     earlier line's token at this column; `match`: the earlier lines that agree with this line so
     far); free form's closing marks when the line so far equals an earlier line; in a 绝句 every
-    character already written CHAR_CAP times (`capped`)."""
+    character already written CHAR_CAP times (`capped`); at a `--rhyme modern` rhyme, a rhyme
+    character used before (重韵, which a teacher marks wrong; 平水韵 rhyme refuses it in its mask)."""
     col, v = s["col"], tab["go_bias"].shape[0]
     same = s["match"] & batch["no_repeat"][:, None]
     longest = jnp.where(batch["line_len"] > 0, batch["line_len"], batch["line_cap"])
@@ -989,7 +990,11 @@ def _repeat_mask(tab, batch, s, earlier, kind, narrowed, logits_fn):
     free_done = (batch["line_len"] == 0) & (col > 0) & jnp.any(same & (s["lens"] == col[:, None]), axis=1)
     marks = jnp.where(free_done[:, None], tab["special"][None, :5], v)
     capped = jnp.where(batch["char_cap"][:, None], s["capped"], v)
-    refused = jnp.concatenate([last, marks, capped], axis=1)
+    # Fixed forms have at most 8 lines; the rhymes stand at the end of every second one.
+    k = jnp.arange(min(8, earlier.shape[1]))[None, :]
+    at_rhyme = batch["no_repeat"] & batch["rhyme"] & (col == batch["line_len"] - 1) & (s["line"] % 2 == 1)
+    rhymed = jnp.where(at_rhyme[:, None] & (k % 2 == 1) & (k < s["line"][:, None]), earlier[:, : k.shape[1]], v)
+    refused = jnp.concatenate([last, marks, capped, rhymed], axis=1)
     rows = jnp.arange(refused.shape[0])[:, None]
     masked = logits_fn().at[rows, refused].set(-jnp.inf, mode="drop")  # in place
     # The forms' and 格律's masks come first: where they leave nothing else, a repeat is written.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -190,6 +191,24 @@ def test_no_repeated_line_and_no_character_thrice_in_a_quatrain(lover):
             assert math.isfinite(p.logprob) and (r.form.free or (p.complete and forms.check_poem(p.text, r.form)))
     assert all(rep == ([], []) for rep in found[False]), found[False]
     assert all(lines and chars for lines, chars in found[True]), found[True]
+
+
+def test_modern_rhyme_never_repeats_a_rhyme_character():
+    """重韵: with --rhyme (modern) and the rules on, the even lines end in different characters of one
+    rhyme class; a model that loves 月 rhymes 月 with 月 when repeats are allowed."""
+    lover = Generator(tiny_model(2, boost=[VOCAB.stoi[t] for t in ("月", "月", "。")]), VOCAB, max_len=MAX_LEN)
+    # Acrostic heads make every line differ, so the no-repeated-line rule alone cannot keep the rhymes apart.
+    heads = "".join(c for c in VOCAB.itos[5:] if c != "月")[:8]
+    requests = [lover.request(acrostic=heads, form="5x8", rhyme=True),
+                lover.request(acrostic=heads, form="7x8", rhyme=True),
+                lover.request(acrostic=heads, form="5x8", rhyme=True, allow_repeats=True)]
+    repeated = {False: 0, True: 0}
+    for seed in range(6):
+        for p, r in zip(lover.generate(requests, Sampling(), seed=seed), requests):
+            rhymes = [line[-1] for line in re.findall(r"[^，。！？；]+", p.text)[1::2]]
+            assert len(rhymes) == 4, p.text
+            repeated[r.allow_repeats] += len(rhymes) - len(set(rhymes))
+    assert repeated[False] == 0 and repeated[True] > 0, repeated
 
 
 def test_prefix_characters_count_but_are_never_refused(lover):

@@ -159,7 +159,7 @@ def test_config_json_written_before_the_change_still_loads(tmp_path):
 
 def test_shipped_model_loads():
     model, vocab, config = load_model(REPO / "pretrained" / "tang-lstm")
-    assert model.config == ModelConfig(8711, 128, 256, 2, "lstm", 0.0) and len(vocab) == 8711
+    assert model.config == ModelConfig(8711, 128, 256, 2, "lstm", 0.2) and len(vocab) == 8711
 
 
 def _config(vocab_size=V):
