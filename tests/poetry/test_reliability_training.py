@@ -115,8 +115,9 @@ def test_checksums_are_recorded_for_steps_and_exports(saved):
         assert {name.split("/")[0] for name in files} == items
         meta = json.loads((folder / "meta" / "metadata").read_text())
         assert any(k.startswith("params.") for k in meta["sha256"]), meta
-    # The shipped model predates them: it loads unverified, and stays byte-identical.
-    assert not (ROOT / "pretrained" / "tang-lstm" / "0" / ckpt.CHECKSUMS_NAME).exists()
+    # The shipped model is an export of this version: it carries them too (folders without them still
+    # load: the next test).
+    assert (ROOT / "pretrained" / "tang-lstm" / "0" / ckpt.CHECKSUMS_NAME).exists()
 
 
 def test_old_checkpoints_without_checksums_still_load_and_fail_in_one_line(saved, tmp_path):
