@@ -43,6 +43,10 @@ def main(argv=None) -> int:
         signum = getattr(e, "signum", signal.SIGINT)
         what = f"{signal.Signals(signum).name} again" if hasattr(e, "signum") else "interrupted"
         print(f"{what}: stopped at once; rerun to resume from the last saved checkpoint", file=sys.stderr)
+        sys.stderr.flush()
+        # The last word: save threads stranded by the abort (orbax's asyncio loop closed under them) may
+        # still print a traceback from C++ callbacks before the process exits, which would read as a crash.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
         global ABORTED
         ABORTED = True
         return 128 + signum
