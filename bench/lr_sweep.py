@@ -12,8 +12,9 @@ finished ones, so a sweep may span sessions.
     python bench/lr_sweep.py --out /work/runs/sweep --minutes 15 30
     python bench/lr_sweep.py --out /work/runs/sweep --report-only      # the table from what exists
     # model size at equal wall-clock, one session's share at a time (bench/step_cost.py: 2x512 costs 2.0x):
+    # (a value that starts with "-" needs "=", or argparse takes it for a flag)
     python bench/lr_sweep.py --out /work/runs/size --configs cos-3e-3-drop0.2 --minutes 60 180 \
-        --seconds-per-step 0.62 --extra "--hidden-dim 512" --tag -2x512 --time-budget 120
+        --seconds-per-step 0.62 --extra="--hidden-dim 512" --tag=-2x512 --time-budget 120
 """
 from __future__ import annotations
 

@@ -355,10 +355,7 @@ class Generator:
         model.eval()
         self.precision = precision
         self.graphdef, self.params = nnx.split(cast_model(model, precision))
-        # Greedy in a half precision re-scores its best candidates with the float32 output layer
-        # (`_exact_best`): (V, H) kernel rows and the bias. None in float32.
-        self._exact = None if precision == "float32" else (
-            jnp.asarray(model.linear1.kernel[...], jnp.float32).T, jnp.asarray(model.linear1.bias[...], jnp.float32))
+        self._model = model  # its float32 output layer, for greedy in a half precision (`_exact`)
         self.vocab = vocab
         self.max_len = max_len
         self.tables = forms.token_tables(vocab)
@@ -377,6 +374,15 @@ class Generator:
         self._t2s = None
         self.threads: int | None = None  # parts a batch is decoded in; None: `decode_parts` decides
         self._warm: set = set()  # batch shapes whose loop has run (compiled) once
+
+    @functools.cached_property
+    def _exact(self):
+        """Greedy in a half precision re-scores its best candidates with the float32 output layer
+        (`_exact_best`): (V, H) kernel rows and the bias, made on first greedy use. None in float32."""
+        if self.precision == "float32":
+            return None
+        layer = self._model.linear1
+        return jnp.asarray(layer.kernel[...], jnp.float32).T, jnp.asarray(layer.bias[...], jnp.float32)
 
     @property
     def prosody_tables(self) -> prosody.ProsodyTables:
@@ -624,9 +630,11 @@ class Generator:
         statics = dict(max_len=self.max_len, mode=sampling.mode, meter=meter, repeats=_uses_repeat_masks(requests),
                        best_of=sampling.best_of, score=bool(score or sampling.best_of > 1))
 
+        exact = self._exact if sampling.mode == "greedy" else None
+
         def run(rows: slice) -> dict:
             return _decode(
-                self.graphdef, self.params, self._exact if sampling.mode == "greedy" else None, tables,
+                self.graphdef, self.params, exact, tables,
                 {k: v[rows] for k, v in arrays.items()}, specials,
                 seed_key(seed), poem_ids[rows],
                 np.float32(max(sampling.temperature, 1e-6)), np.int32(sampling.top_k), np.float32(sampling.top_p),
@@ -971,11 +979,12 @@ def _exact_best(logits, tok, h, exact, klass, n=EXACT_CANDIDATES):
     return jnp.take_along_axis(cand, best[:, None], axis=1)[:, 0]
 
 
-def _repeat_mask(tab, batch, s, earlier, kind, narrowed, logits_fn):
+def _repeat_mask(tab, batch, s, earlier, kind, narrowed, rhyme_pos, logits_fn):
     """-inf on the tokens the repetition rules refuse this step, unless that leaves a row no token.
     `logits_fn()`: the logits with the forms' and 格律's masks (called again, in the rare step where
     some row gives way, instead of keeping a copy of the logits at every step). `narrowed` (B,):
-    rows whose allowed tokens are fewer than their kind's (a 格律 rhyme position).
+    rows whose allowed tokens are fewer than their kind's (a 格律 rhyme position). `rhyme_pos` (B,):
+    rows at a `--rhyme modern` rhyme.
 
     Refused: the last token of a line that must close next (a fixed form's last character, a free
     line at its longest) when the line would then equal an earlier line (`earlier` (B, lines): each
@@ -992,8 +1001,7 @@ def _repeat_mask(tab, batch, s, earlier, kind, narrowed, logits_fn):
     capped = jnp.where(batch["char_cap"][:, None], s["capped"], v)
     # Fixed forms have at most 8 lines; the rhymes stand at the end of every second one.
     k = jnp.arange(min(8, earlier.shape[1]))[None, :]
-    at_rhyme = batch["no_repeat"] & batch["rhyme"] & (col == batch["line_len"] - 1) & (s["line"] % 2 == 1)
-    rhymed = jnp.where(at_rhyme[:, None] & (k % 2 == 1) & (k < s["line"][:, None]), earlier[:, : k.shape[1]], v)
+    rhymed = jnp.where((batch["no_repeat"] & rhyme_pos)[:, None] & (k % 2 == 1) & (k < s["line"][:, None]), earlier[:, : k.shape[1]], v)
     refused = jnp.concatenate([last, marks, capped, rhymed], axis=1)
     rows = jnp.arange(refused.shape[0])[:, None]
     masked = logits_fn().at[rows, refused].set(-jnp.inf, mode="drop")  # in place
@@ -1099,6 +1107,7 @@ def _decode(graphdef, params, exact, tab, batch, specials, key, poem_ids, temper
         line, col = s["line"], s["col"]
         kind = _kind(line, col, batch["n_lines"], batch["line_len"], batch["line_cap"], batch["n_heads"],
                      batch["rhyme"], s["rhyme_cls"])
+        rhyme_pos = batch["rhyme"] & (col == batch["line_len"] - 1) & (line % 2 == 1)  # --rhyme modern
         if meter:
             # The template's code at this character (FREE off the characters of a fixed form).
             in_line = (line < batch["n_lines"]) & (col < batch["line_len"])
@@ -1138,7 +1147,7 @@ def _decode(graphdef, params, exact, tab, batch, specials, key, poem_ids, temper
             at = jnp.clip(s["starts"] + col[:, None], 0, max_len - 1)
             earlier = jnp.take_along_axis(s["out"], at, axis=1)
             logits = _repeat_mask(tab, batch, s, earlier, kind, at_rhyme if meter else jnp.zeros(b, bool),
-                                  masked_logits)
+                                  rhyme_pos, masked_logits)
         else:
             logits = masked_logits()
         if mode == "greedy":
@@ -1153,7 +1162,6 @@ def _decode(graphdef, params, exact, tab, batch, specials, key, poem_ids, temper
         tok = jnp.where(forced >= 0, forced, jnp.where(use_head, head, sampled))
         tok = jnp.where(s["done"], pad_id, tok)
         ends = tab["ender"][tok]
-        rhyme_pos = batch["rhyme"] & (col == batch["line_len"] - 1) & (line % 2 == 1)
         rhyme_cls = jnp.where(rhyme_pos & (s["rhyme_cls"] < 0), tab["rhyme"][tok], s["rhyme_cls"])
         new = dict(
             t=s["t"] + 1, inp=tok, hx=hx, line=line + ends, col=jnp.where(ends, 0, col + 1),

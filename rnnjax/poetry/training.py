@@ -194,9 +194,6 @@ class _StopRequest:
 
     def _handler(self, signum, frame):
         if self.signum is not None:
-            # Stopping at once strands the save threads (orbax's asyncio loop closes under them): what
-            # they raise while the process ends is expected, and printing it would look like a crash.
-            threading.excepthook = lambda args: None
             raise Aborted(signum)
         self.signum = signum
         self._say(f"{signal.Signals(signum).name}: finishing this step and saving (again to abort)")
