@@ -354,7 +354,8 @@ class Generator:
         check_max_len(max_len)
         model.eval()
         self.precision = precision
-        self.graphdef, self.params = nnx.split(cast_model(model, precision))
+        self.graphdef, self.params = nnx.split(model)
+        self._out_layer = output_layer(model, precision)
         self._model = model  # its float32 output layer, for greedy in a half precision (`_exact`)
         self.vocab = vocab
         self.max_len = max_len
@@ -381,8 +382,7 @@ class Generator:
         (`_exact_best`): (V, H) kernel rows and the bias, made on first greedy use. None in float32."""
         if self.precision == "float32":
             return None
-        layer = self._model.linear1
-        return jnp.asarray(layer.kernel[...], jnp.float32).T, jnp.asarray(layer.bias[...], jnp.float32)
+        return output_layer(self._model, "float32")
 
     @property
     def prosody_tables(self) -> prosody.ProsodyTables:
@@ -634,7 +634,7 @@ class Generator:
 
         def run(rows: slice) -> dict:
             return _decode(
-                self.graphdef, self.params, exact, tables,
+                self.graphdef, self.params, self._out_layer, exact, tables,
                 {k: v[rows] for k, v in arrays.items()}, specials,
                 seed_key(seed), poem_ids[rows],
                 np.float32(max(sampling.temperature, 1e-6)), np.int32(sampling.top_k), np.float32(sampling.top_p),
@@ -831,25 +831,24 @@ def check_punctuation(prefix: str) -> None:
                             "mark follows a Chinese character, one at a time")
 
 
-def cast_model(model, precision: str):
-    """`model` itself for "float32"; else a copy whose output layer's kernel is in `precision`
-    ("bfloat16" or "float16"): the loop's output matmul then takes half-precision operands and sums
-    and returns float32 logits. Embeddings and recurrent layers stay float32.
+def output_layer(model, precision: str) -> tuple[jax.Array, jax.Array]:
+    """The decoding loop's output layer: `model.linear1`'s kernel transposed to (V, H), in
+    `precision` ("float32", "bfloat16" or "float16"), and its float32 bias (V,). The loop's matmul
+    takes the kernel's dtype and returns float32 logits.
 
-    Why the output layer only: at a vocabulary of thousands it is most of a batch step's work and
-    nearly all of its weight bytes, and its rounding moves only the logits, which greedy re-decides
-    in float32 (`_exact_best`). Rounding the recurrent weights too sped a 256-poem batch up little
-    but changed 6 of 100 greedy poems of the shipped model (the error feeds back through the state;
-    README, Performance)."""
+    Why (V, H): at batch 1 (one greedy poem) the output layer is a matrix-vector product over
+    the whole vocabulary, most of a step, and XLA:CPU runs it about 12% faster with each token's
+    weights contiguous (bench/generate_latency.py; the model keeps torch's (H, V) for training).
+
+    Why a half precision touches the output layer only: at a vocabulary of thousands it is most of
+    a batch step's work and nearly all of its weight bytes, and its rounding moves only the
+    logits, which greedy re-decides in float32 (`_exact_best`). Rounding the recurrent weights too
+    sped a 256-poem batch up little but changed 6 of 100 greedy poems of the shipped model (the
+    error feeds back through the state; README, Performance)."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "float32":
-        return model
-    graphdef, params = nnx.split(model)
-    params = jax.tree.map(lambda a: a, params)  # new Variables: the copy shares no state with `model`
-    params["linear1"]["kernel"] = params["linear1"]["kernel"].replace(
-        jnp.asarray(model.linear1.kernel[...], precision))
-    return nnx.merge(graphdef, params)
+    layer = model.linear1
+    return jnp.asarray(jnp.asarray(layer.kernel[...]).T, precision), jnp.asarray(layer.bias[...], jnp.float32)
 
 
 def check_rhyme_flags(form: str, rhyme: bool | str | None, meter: bool) -> str | None:
@@ -1056,7 +1055,7 @@ def _candidate_keys(key, poem_ids, best_of):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_len", "mode", "meter", "repeats", "best_of", "score"))
-def _decode(graphdef, params, exact, tab, batch, specials, key, poem_ids, temperature, top_k, top_p, *,
+def _decode(graphdef, params, out_layer, exact, tab, batch, specials, key, poem_ids, temperature, top_k, top_p, *,
             max_len, mode, meter=False, repeats=False, best_of=1, score=False):
     model = nnx.merge(graphdef, params)
     n_poems = batch["first"].shape[0]
@@ -1069,7 +1068,7 @@ def _decode(graphdef, params, exact, tab, batch, specials, key, poem_ids, temper
 
     # The recurrent state's structure (LSTM (h, c) or GRU/RNN h) comes from the model itself; the call
     # is dead code once only shapes are used, and XLA drops it.
-    _, hx = model(batch["first"][None, :])
+    _, hx = model.rnn(model.embeddings(batch["first"][None, :]))
     hx = jax.tree.map(jnp.zeros_like, hx)
 
     def prime_step(hx, xs):
@@ -1121,18 +1120,18 @@ def _decode(graphdef, params, exact, tab, batch, specials, key, poem_ids, temper
         use_head = (col == 0) & (line < batch["n_heads"])
         determined = s["done"] | (forced >= 0) | use_head | tab["single"][kind]
 
-        def output_layer():
+        def project():
             # In the weights' dtype with float32 sums and logits (a bfloat16 matmul with a bfloat16
             # result is slower on CPUs than float32); the log-sum-exp here, next to the matmul, is
             # the one extra pass over the vocabulary that the scores cost.
-            kernel = model.linear1.kernel[...]
-            raw = jnp.matmul(features[0].astype(kernel.dtype), kernel,
-                             preferred_element_type=jnp.float32) + model.linear1.bias[...]
+            kernel, bias = out_layer  # (V, H): contract both last axes
+            raw = jax.lax.dot_general(features[0].astype(kernel.dtype), kernel, (((1,), (1,)), ((), ())),
+                                      preferred_element_type=jnp.float32) + bias
             return raw, (jax.nn.logsumexp(raw, axis=-1) if score else jnp.zeros(b))
 
         raw, lse = jax.lax.cond(  # where the mask alone picks every token, no output layer
             jnp.all(determined), lambda: (jnp.zeros((b, tab["bias"].shape[1]), jnp.float32), jnp.zeros(b)),
-            output_layer)
+            project)
 
         def masked_logits():
             logits = raw + tab["bias"][kind]

@@ -78,15 +78,20 @@ def test_precision_flag(capsys):
         TrainConfig(precision="fp8")
 
 
-def test_generator_casts_the_weights_once(tiny_checkpoint):
+def test_generator_casts_the_output_layer_once(tiny_checkpoint):
     model, vocab, _ = load_model(tiny_checkpoint)
     f32 = Generator(model, vocab, max_len=32)
     bf16 = Generator(model, vocab, max_len=32, precision="bfloat16")
-    cast = {k for k, a in nnx.to_flat_state(bf16.params) if a[...].dtype != jnp.float32}
-    assert cast == {("linear1", "kernel")}  # the output layer's kernel only
-    assert bf16.params["linear1"]["kernel"][...].dtype == jnp.bfloat16
-    assert {str(a.dtype) for a in jax.tree.leaves(f32.params)} == {"float32"}
-    assert model.embeddings.embedding[...].dtype == jnp.float32  # the caller's model is untouched
+    kernel, bias = model.linear1.kernel[...], model.linear1.bias[...]
+    # The loop's output layer: the kernel as (V, H) rows in the precision, the bias float32.
+    k16, b16 = bf16._out_layer
+    assert k16.dtype == jnp.bfloat16 and k16.shape == kernel.T.shape and b16.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(k16, np.float32), np.asarray(kernel.T.astype(jnp.bfloat16), np.float32))
+    k32, _ = f32._out_layer
+    np.testing.assert_array_equal(np.asarray(k32), np.asarray(kernel).T)
+    # Everything else stays float32, and the caller's model is untouched.
+    assert {str(a.dtype) for a in jax.tree.leaves(bf16.params)} == {"float32"}
+    assert model.linear1.kernel[...].dtype == jnp.float32 and model.linear1.bias[...].dtype == bias.dtype
     requests = [f32.request(prefix="床"), f32.request(form="5x4")]
     a = f32.generate_ids(requests, Sampling(greedy=True))
     b = bf16.generate_ids(requests, Sampling(greedy=True))
