@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 import train as train_cli
 from rnnjax.poetry.checkpoint import load_model
@@ -104,7 +103,7 @@ def test_generator_casts_the_output_layer_once(tiny_checkpoint):
 def test_greedy_in_half_precision_re_decides_in_float32():
     """`_exact_best`: among the few likeliest allowed tokens of the chosen token's class, the one
     the float32 output layer scores highest; masked tokens and other classes never win."""
-    from rnnjax.poetry.generation import _exact_best
+    from rnnjax.poetry.decoding import _exact_best
 
     klass = jnp.array([0, 0, 0, 0, 1, 2])  # four characters, a mark, <EOP>
     exact_logits = np.array([1.0, 1.2, 0.5, 3.0, 5.0, 6.0], np.float32)
