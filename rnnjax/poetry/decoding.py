@@ -63,13 +63,16 @@ from flax import nnx
 
 from rnnjax.poetry import forms, prosody
 
-__all__ = ["decode", "candidate_keys", "keep_best", "CANDIDATES", "EXACT_CANDIDATES", "CHAR_CAP", "CAP_FORMS",
-           "CAP_SLOTS", "GO_ON", "CLOSE", "END", "TEMPLATE_RHYME5", "TEMPLATE_RHYME7", "TEMPLATE_NONE"]
+__all__ = ["decode", "candidate_keys", "keep_best", "CANDIDATES", "CANDIDATE_TAG", "EXACT_CANDIDATES",
+           "CHAR_CAP", "CAP_FORMS", "CAP_SLOTS", "GO_ON", "CLOSE", "END",
+           "TEMPLATE_RHYME5", "TEMPLATE_RHYME7", "TEMPLATE_NONE"]
 
 # --top-k / --top-p choose among this many likeliest allowed tokens (see `_choose`).
 CANDIDATES = 64
 # Greedy in bfloat16/float16 re-scores this many best candidates in float32 (see `_exact_best`).
 EXACT_CANDIDATES = 3
+# --best-of: candidate 0 draws with the poem's own key (so it is the plain sample); candidate j > 0
+# with the key folded with CANDIDATE_TAG, then j (see `candidate_keys`).
 CANDIDATE_TAG = 0x62657374
 # Repetition: in the forms of CAP_FORMS (绝句) no character more than CHAR_CAP times. A 七言绝句 has 28
 # characters, so at most 14 distinct ones reach the cap: the loop's list of capped characters.
@@ -81,7 +84,7 @@ CAP_SLOTS = 28 // CHAR_CAP
 GO_ON, CLOSE, END = 0, 1, 2
 # Rows of the loop's stacked code table after the 16 templates: --rhyme pingshui for 5- and
 # 7-character lines, then the all-FREE row of every poem without 格律.
-TEMPLATE_RHYME5, TEMPLATE_RHYME7, TEMPLATE_NONE = len(prosody.TEMPLATES), len(prosody.TEMPLATES) + 1, len(prosody.TEMPLATES) + 2
+TEMPLATE_RHYME5, TEMPLATE_RHYME7, TEMPLATE_NONE = (len(prosody.TEMPLATES) + k for k in range(3))
 
 
 def _kind(line, col, n_lines, line_len, line_cap, n_heads, rhyme_on, rhyme_cls):

@@ -691,7 +691,8 @@ def _pool() -> concurrent.futures.ThreadPoolExecutor:
 
 def _kind_facts(allowed: np.ndarray, klass: np.ndarray) -> dict:
     """The loop's per-kind tables from a (kinds, V) allowed table and the tokens' greedy classes."""
-    classes = np.stack([(allowed & (klass == c)).any(axis=1) for c in (decoding.GO_ON, decoding.CLOSE, decoding.END)], axis=1)
+    classes = np.stack([(allowed & (klass == c)).any(axis=1) for c in (decoding.GO_ON, decoding.CLOSE, decoding.END)],
+                       axis=1)
     return {
         "bias": jnp.asarray(np.where(allowed, 0.0, -np.inf).astype(np.float32)),
         # Kinds that allow exactly one token (punctuation, <EOP>): the model's logits don't matter there.
@@ -708,7 +709,8 @@ def _greedy_tables(klass: np.ndarray) -> dict:
     with V, an index past the vocabulary) and then <EOP>."""
     v = len(klass)
     marks = np.flatnonzero(klass == decoding.CLOSE)
-    special = np.concatenate([marks, np.full(5 - len(marks), v), np.flatnonzero(klass == decoding.END)]).astype(np.int32)
+    special = np.concatenate([marks, np.full(5 - len(marks), v), np.flatnonzero(klass == decoding.END)])
+    special = special.astype(np.int32)
     return {"go_bias": jnp.asarray(np.where(klass == decoding.GO_ON, 0.0, -np.inf).astype(np.float32)),
             "special": jnp.asarray(special), "klass": jnp.asarray(klass)}
 
