@@ -60,6 +60,17 @@ def ppl_at(rows: list[dict], step: int) -> float | None:
     return done[-1]["val_ppl"]
 
 
+def _run(cmd: list[str]) -> int:
+    """train.py's exit code. Ctrl-C reaches train.py too (same terminal), which finishes its step,
+    saves and exits 130: wait for that instead of letting subprocess.run kill it mid-save."""
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            continue
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="/work/runs/sweep", help="one folder per configuration in here")
@@ -89,7 +100,13 @@ def main() -> int:
         if args.time_budget:
             cmd += ["--time-budget", str(args.time_budget)]
         print("$", " ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True)
+        code = _run(cmd)
+        if code in (130, 143):  # train.py saved on Ctrl-C / SIGTERM: the same command resumes
+            print(f"{name}: stopped and saved; rerun the same command to resume", file=sys.stderr)
+            return code
+        if code:
+            print(f"{name}: train.py failed (exit {code}); see its message above", file=sys.stderr)
+            return code
 
     print(f"\nvalidation perplexity at equal wall-clock ({args.seconds_per_step} s/step on a quiet machine: "
           + ", ".join(f"{m:g} min = step {s}" for m, s in zip(args.minutes, marks)) + ")\n")
