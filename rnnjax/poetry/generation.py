@@ -785,7 +785,7 @@ def output_layer(model, precision: str) -> tuple[jax.Array, jax.Array]:
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     layer = model.linear1
-    return jnp.asarray(jnp.asarray(layer.kernel[...]).T, precision), jnp.asarray(layer.bias[...], jnp.float32)
+    return jnp.asarray(layer.kernel[...].T, precision), jnp.asarray(layer.bias[...], jnp.float32)
 
 
 def check_rhyme_flags(form: str, rhyme: bool | str | None, meter: bool) -> str | None:
