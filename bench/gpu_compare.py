@@ -2,6 +2,7 @@
 
     python bench/gpu_compare.py --batch 128 512        # on a GPU machine (called by bench/gpu_check.sh)
     python bench/gpu_compare.py --tiny --batch 4 8     # dry run on the CPU, tiny sizes
+    python bench/gpu_compare.py --precision float32    # one precision (default: float32 and bfloat16)
 
 All three train the tutorial's model (Embedding 128 -> 2-layer LSTM 256 -> Linear V) on the same
 full (124, B) token blocks with Adam and global-norm clipping, so tokens/s compare like for like:
@@ -10,7 +11,11 @@ full (124, B) token blocks with Adam and global-norm clipping, so tokens/s compa
   * jax-cudnn   -- jax.experimental.rnn.lstm (cuDNN from JAX); its cuDNN kernel only lowers on a
                    GPU, so on the CPU the same model runs jax.experimental.rnn.lstm_ref instead
                    and the row is marked "ref".
-Prints one `RESULT impl batch tokens/s` line per measurement for gpu_check.sh's table.
+In bfloat16, rnnjax runs `train_step(precision="bfloat16")` (bfloat16 matmul operands, float32
+master weights, state and loss) and torch the same model under `torch.autocast(dtype=bfloat16)`
+(cuDNN's LSTM and the output layer in bfloat16); jax-cudnn has no mixed-precision path of its own,
+so it runs in float32 only.
+Prints one `RESULT impl precision batch tokens/s` line per measurement for gpu_check.sh's table.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ def timed(step, state, batches, repeats):
     return statistics.median(times)
 
 
-def bench_rnnjax(cfg, tokens):
+def bench_rnnjax(cfg, tokens, precision):
     import jax
     from flax import nnx
 
@@ -51,14 +56,15 @@ def bench_rnnjax(cfg, tokens):
     def step(state, block):
         p, o = state
         p, o, loss, _ = train_step(p, o, rest, block[:-1], block[1:], mask, key, np.int32(0),
-                                   np.float32(1e-3), np.float32(1.0), graphdef=graphdef, dropout=False)
+                                   np.float32(1e-3), np.float32(1.0), graphdef=graphdef, dropout=False,
+                                   precision=precision)
         jax.block_until_ready(loss)
         return p, o
 
     return timed(step, (params, opt_state), tokens, cfg.repeats)
 
 
-def bench_torch(cfg, tokens):
+def bench_torch(cfg, tokens, precision):
     import torch
     import torch.nn as nn
 
@@ -73,8 +79,10 @@ def bench_torch(cfg, tokens):
 
     def step(state, block):
         opt.zero_grad()
-        out, _ = lstm(emb(block[:-1]))
-        loss = crit(lin(out).reshape(-1, cfg.vocab), block[1:].reshape(-1))
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            out, _ = lstm(emb(block[:-1]))
+            logits = lin(out).reshape(-1, cfg.vocab)
+        loss = crit(logits.float(), block[1:].reshape(-1))
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -136,6 +144,7 @@ def main():
     ap.add_argument("--batch", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--tiny", action="store_true", help="tiny model and sequences (CPU dry run)")
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--precision", nargs="+", choices=("float32", "bfloat16"), default=["float32", "bfloat16"])
     cfg = ap.parse_args()
     cfg.vocab, cfg.embed, cfg.hidden, cfg.layers, cfg.steps = (
         (50, 8, 16, 2, 12) if cfg.tiny else (8711, 128, 256, 2, 124))
@@ -150,13 +159,14 @@ def main():
     for b in cfg.batch:
         tokens = [rng.integers(0, cfg.vocab, (cfg.steps + 1, b)).astype(np.int32) for _ in range(3)]
         n = cfg.steps * b
-        t = bench_rnnjax(cfg, tokens)
-        print(f"RESULT rnnjax B={b} {n / t:,.0f} tokens/s ({t * 1e3:.1f} ms/step)")
-        t, dev = bench_torch(cfg, tokens)
-        print(f"RESULT torch({dev}) B={b} {n / t:,.0f} tokens/s ({t * 1e3:.1f} ms/step)")
-        t, kind = bench_jax_cudnn(cfg, tokens)
-        print(f"RESULT jax-{kind} B={b} {n / t:,.0f} tokens/s ({t * 1e3:.1f} ms/step)")
-
+        for precision in cfg.precision:
+            t = bench_rnnjax(cfg, tokens, precision)
+            print(f"RESULT rnnjax {precision} B={b} {n / t:,.0f} tokens/s ({t * 1e3:.1f} ms/step)", flush=True)
+            t, dev = bench_torch(cfg, tokens, precision)
+            print(f"RESULT torch({dev}) {precision} B={b} {n / t:,.0f} tokens/s ({t * 1e3:.1f} ms/step)", flush=True)
+        if "float32" in cfg.precision:
+            t, kind = bench_jax_cudnn(cfg, tokens)
+            print(f"RESULT jax-{kind} float32 B={b} {n / t:,.0f} tokens/s ({t * 1e3:.1f} ms/step)", flush=True)
 
 if __name__ == "__main__":
     main()
