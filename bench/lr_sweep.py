@@ -30,9 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # name -> train.py flags. Decaying schedules end at the sweep's last step (train.py's default
 # --decay-steps is --max-steps), so a 15-minute reading of a 30-minute run is mid-decay.
 CONFIGS = {
-    "const-1e-3": ["--lr", "1e-3"],                      # the tutorial's recipe
-    "const-3e-3": ["--lr", "3e-3"],                      # the shipped model's (resumed at 3e-3 by hand)
-    "const-6e-3": ["--lr", "6e-3"],
+    # Constant runs name their schedule: train.py's default became cosine after the 15-minute sweep,
+    # and a bare --lr would silently rerun cos-N (the 30-minute runs of 2026-11-29 did, to the digit).
+    "const-1e-3": ["--lr", "1e-3", "--schedule", "constant", "--warmup-steps", "0"],  # the tutorial's recipe
+    "const-3e-3": ["--lr", "3e-3", "--schedule", "constant", "--warmup-steps", "0"],  # the shipped model's once
+    "const-6e-3": ["--lr", "6e-3", "--schedule", "constant", "--warmup-steps", "0"],
     "cos-3e-3": ["--lr", "3e-3", "--schedule", "cosine", "--warmup-steps", "200"],
     "lin-3e-3": ["--lr", "3e-3", "--schedule", "linear", "--warmup-steps", "200"],
     "cos-6e-3": ["--lr", "6e-3", "--schedule", "cosine", "--warmup-steps", "200"],
