@@ -27,19 +27,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def recipe(lr: str, schedule: str, *extra: str) -> list[str]:
+    """train.py flags that name the whole learning-rate recipe, so that no run leans on train.py's
+    defaults: when the default became cosine, the constant runs that passed only --lr silently
+    became cos-N runs (the 30-minute ones of 2026-11-29 did, to the digit)."""
+    warmup = "0" if schedule == "constant" else "200"
+    return ["--lr", lr, "--schedule", schedule, "--warmup-steps", warmup, *extra]
+
+
 # name -> train.py flags. Decaying schedules end at the sweep's last step (train.py's default
 # --decay-steps is --max-steps), so a 15-minute reading of a 30-minute run is mid-decay.
 CONFIGS = {
-    # Constant runs name their schedule: train.py's default became cosine after the 15-minute sweep,
-    # and a bare --lr would silently rerun cos-N (the 30-minute runs of 2026-11-29 did, to the digit).
-    "const-1e-3": ["--lr", "1e-3", "--schedule", "constant", "--warmup-steps", "0"],  # the tutorial's recipe
-    "const-3e-3": ["--lr", "3e-3", "--schedule", "constant", "--warmup-steps", "0"],  # the shipped model's once
-    "const-6e-3": ["--lr", "6e-3", "--schedule", "constant", "--warmup-steps", "0"],
-    "cos-3e-3": ["--lr", "3e-3", "--schedule", "cosine", "--warmup-steps", "200"],
-    "lin-3e-3": ["--lr", "3e-3", "--schedule", "linear", "--warmup-steps", "200"],
-    "cos-6e-3": ["--lr", "6e-3", "--schedule", "cosine", "--warmup-steps", "200"],
-    "cos-3e-3-drop0.2": ["--lr", "3e-3", "--schedule", "cosine", "--warmup-steps", "200", "--dropout", "0.2"],
-    "cos-6e-3-drop0.2": ["--lr", "6e-3", "--schedule", "cosine", "--warmup-steps", "200", "--dropout", "0.2"],
+    "const-1e-3": recipe("1e-3", "constant"),  # the tutorial's recipe
+    "const-3e-3": recipe("3e-3", "constant"),  # the shipped model's once (resumed at 3e-3 by hand)
+    "const-6e-3": recipe("6e-3", "constant"),
+    "cos-3e-3": recipe("3e-3", "cosine"),
+    "lin-3e-3": recipe("3e-3", "linear"),
+    "cos-6e-3": recipe("6e-3", "cosine"),
+    "cos-3e-3-drop0.2": recipe("3e-3", "cosine", "--dropout", "0.2"),
+    "cos-6e-3-drop0.2": recipe("6e-3", "cosine", "--dropout", "0.2"),
 }
 COMMON = ["--precision", "bfloat16", "--sample-every", "0", "--save-every", "500", "--no-progress",
           "--epochs", "1000"]

@@ -19,8 +19,9 @@ LAST = 5806  # the 30-minute sweep's length
 
 @pytest.mark.parametrize("name", sorted(lr_sweep.CONFIGS))
 def test_config_flags_give_the_named_schedule(name):
-    # A name like "cos-6e-3" or "const-1e-3-drop0.2": schedule, peak rate, optional dropout.
-    kind, peak = name.split("-")[0], float(name.split("-")[1] + "-" + name.split("-")[2])
+    # A name like "cos-6e-3" or "cos-6e-3-drop0.2": schedule, peak rate, optional dropout.
+    kind, mantissa, exponent = name.split("-")[:3]
+    peak = float(f"{mantissa}-{exponent}")
     cfg = config_from_args(TrainConfig, train_cli.parse_args(lr_sweep.CONFIGS[name]))
     lr = lr_schedule(cfg, LAST)
     assert cfg.dropout == (0.2 if name.endswith("drop0.2") else 0.0)
