@@ -92,7 +92,8 @@ def check_config(cfg: Config) -> None:
         )
 
 
-def _layer_params(params: Mapping[str, jax.Array], layer: int, direction: int) -> dict[str, jax.Array]:
+def layer_params(params: Mapping[str, jax.Array], layer: int, direction: int) -> dict[str, jax.Array]:
+    """One direction of one layer's arrays, named without their suffix (``weight_ih``, ``bias_hh``...)."""
     s = suffix(layer, direction)
     return {k[: -len(s)]: v for k, v in params.items() if k.endswith(s)}
 
@@ -282,7 +283,7 @@ def apply(cfg: Config, params: Mapping[str, jax.Array], x: jax.Array,
         for d in range(cfg.num_directions):
             i = layer * cfg.num_directions + d
             carry = (h0[i], c0[i]) if is_lstm else h0[i]
-            p = _layer_params(params, layer, d)
+            p = layer_params(params, layer, d)
             ys, carry = scan_direction(cfg.mode, p, layer_in, carry, mask=mask, reverse=bool(d), unroll=unroll)
             outs.append(ys)
             if is_lstm:

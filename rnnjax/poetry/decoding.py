@@ -61,9 +61,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnjax.poetry import forms, prosody
+from rnnjax import cells, recurrent
+from rnnjax.poetry import forms, prosody, topk
 
-__all__ = ["decode", "candidate_keys", "keep_best", "CANDIDATES", "CANDIDATE_TAG", "EXACT_CANDIDATES",
+__all__ = ["decode", "stack_step", "input_table", "candidate_keys", "keep_best", "CANDIDATES", "CANDIDATE_TAG", "EXACT_CANDIDATES",
            "CHAR_CAP", "CAP_FORMS", "CAP_SLOTS", "GO_ON", "CLOSE", "END",
            "TEMPLATE_RHYME5", "TEMPLATE_RHYME7", "TEMPLATE_NONE"]
 
@@ -123,7 +124,7 @@ def _choose(step, logits, temperature, top_k, top_p, poem_keys, mode):
     if mode == "full":
         return jax.vmap(jax.random.categorical)(keys, logits / temperature).astype(jnp.int32)
     n = min(CANDIDATES, logits.shape[-1])
-    vals, idx = jax.lax.top_k(logits, n)  # sorted, descending
+    vals, idx = topk.top_k(logits, n)  # sorted, descending
     vals = vals / temperature
     keep = jnp.arange(n)[None, :] < jnp.where(top_k > 0, top_k, n)
     probs = jax.nn.softmax(vals, axis=-1)
@@ -269,10 +270,46 @@ def candidate_keys(key, poem_ids, best_of):
     return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_len", "mode", "meter", "repeats", "best_of", "score"))
-def decode(graphdef, params, out_layer, exact, tab, batch, specials, key, poem_ids, temperature, top_k, top_p, *,
-            max_len, mode, meter=False, repeats=False, best_of=1, score=False):
+def stack_step(cfg, params, gx0, hx):
+    """One time step of a unidirectional recurrent stack, `rnnjax.recurrent.apply` on a one-step
+    input, but from the first layer's input projection `gx0` (B, G*H) instead of its input: the
+    decoding loop reads that projection from a table (`input_table`), one row per token, where a
+    matmul would cost a fifth of the stack's work. `hx` and the result's state are shaped as
+    `apply`'s (`(h, c)` for an LSTM, each (layers, B, H)); the output is the last layer's h (B, H).
+    The matmuls take h's dtype (see `apply`'s precision)."""
+    lstm = cfg.mode == "LSTM"
+    h, c = hx if lstm else (hx, None)
+    hs, cs, y = [], [], None
+    for layer in range(cfg.num_layers):
+        p = recurrent.layer_params(params, layer, 0)
+        gx = gx0 if layer == 0 else cells.input_projection(p, y)
+        carry, y = cells.STEPS[cfg.mode](p, (h[layer], c[layer]) if lstm else h[layer], gx)
+        hs.append(carry[0] if lstm else carry)
+        if lstm:
+            cs.append(carry[1])
+    return y, ((jnp.stack(hs), jnp.stack(cs)) if lstm else jnp.stack(hs))
+
+
+def input_table(model) -> jax.Array:
+    """(V, G*H) float32: the first recurrent layer's input projection `W_ih x + b_ih` of every
+    token's embedding, for `stack_step`."""
+    p = recurrent.layer_params(model.rnn.params_dict(), 0, 0)
+    return cells.input_projection(p, jnp.asarray(model.embeddings.embedding[...], jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_len", "mode", "meter", "repeats", "best_of", "score",
+                                             "recurrent_dtype"))
+def decode(graphdef, params, out_layer, exact, table, tab, batch, specials, key, poem_ids, temperature, top_k, top_p,
+           *, max_len, mode, meter=False, repeats=False, best_of=1, score=False, recurrent_dtype=None):
     model = nnx.merge(graphdef, params)
+    cfg, rnn_params = model.rnn.config, model.rnn.params_dict()
+
+    def rnn(tokens, hx):
+        """The recurrent stack on one step of tokens (B,): what `model.rnn(model.embeddings(...))`
+        computes, its first matmul a row of `table` (`stack_step`). With `recurrent_dtype` the
+        matmuls take that dtype (h is carried in it; c stays float32, as `recurrent.apply` does)."""
+        return stack_step(cfg, rnn_params, table[tokens], hx)
+
     n_poems = batch["first"].shape[0]
     if best_of > 1:  # every candidate of a poem is a row of its own, next to the poem's other candidates
         batch = jax.tree.map(lambda a: jnp.repeat(a, best_of, axis=0), batch)
@@ -283,12 +320,12 @@ def decode(graphdef, params, out_layer, exact, tab, batch, specials, key, poem_i
 
     # The recurrent state's structure (LSTM (h, c) or GRU/RNN h) comes from the model itself; the call
     # is dead code once only shapes are used, and XLA drops it.
-    _, hx = model.rnn(model.embeddings(batch["first"][None, :]))
-    hx = jax.tree.map(jnp.zeros_like, hx)
+    h = jnp.zeros((cfg.num_layers, b, cfg.hidden_size), recurrent_dtype or jnp.float32)
+    hx = (h, jnp.zeros(h.shape, jnp.float32)) if cfg.mode == "LSTM" else h
 
     def prime_step(hx, xs):
         t, tok = xs
-        _, new = model(tok[None, :], hx)
+        _, new = rnn(tok, hx)
         live = t < batch["prime_len"]
         return jax.tree.map(lambda n, o: jnp.where(live[None, :, None], n, o), new, hx), None
 
@@ -296,6 +333,9 @@ def decode(graphdef, params, out_layer, exact, tab, batch, specials, key, poem_i
     if p:
         hx, _ = jax.lax.scan(prime_step, hx, (jnp.arange(p), batch["prime"].T))
 
+    # The output layer's bias added to each kind's mask (0 or -inf) once, not to the logits each step:
+    # one pass over (B, V) fewer, and the same sums (x + (b + 0) is (x + b) + 0).
+    kind_bias = tab["bias"] + out_layer[1][None, :]
     zeros = jnp.zeros(b, jnp.int32)
     init = dict(t=jnp.int32(0), inp=batch["first"], hx=hx, line=zeros, col=zeros, rhyme_cls=zeros - 1,
                 done=jnp.zeros(b, bool), out=jnp.full((b, max_len), pad_id, jnp.int32))
@@ -317,7 +357,7 @@ def decode(graphdef, params, out_layer, exact, tab, batch, specials, key, poem_i
     def body(s):
         # model(tokens, hx) split in two, so that the output layer (most of a step's work at a
         # vocabulary of thousands) runs only when some poem's next token is still open.
-        features, hx = model.rnn(model.embeddings(s["inp"][None, :]), s["hx"])
+        features, hx = rnn(s["inp"], s["hx"])
         line, col = s["line"], s["col"]
         kind = _kind(line, col, batch["n_lines"], batch["line_len"], batch["line_cap"], batch["n_heads"],
                      batch["rhyme"], s["rhyme_cls"])
@@ -340,16 +380,16 @@ def decode(graphdef, params, out_layer, exact, tab, batch, specials, key, poem_i
             # result is slower on CPUs than float32); the log-sum-exp here, next to the matmul, is
             # the one extra pass over the vocabulary that the scores cost.
             kernel, bias = out_layer  # (V, H): contract both last axes
-            raw = jax.lax.dot_general(features[0].astype(kernel.dtype), kernel, (((1,), (1,)), ((), ())),
-                                      preferred_element_type=jnp.float32) + bias
-            return raw, (jax.nn.logsumexp(raw, axis=-1) if score else jnp.zeros(b))
+            product = jax.lax.dot_general(features.astype(kernel.dtype), kernel, (((1,), (1,)), ((), ())),
+                                          preferred_element_type=jnp.float32)
+            return product, (jax.nn.logsumexp(product + bias, axis=-1) if score else jnp.zeros(b))
 
-        raw, lse = jax.lax.cond(  # where the mask alone picks every token, no output layer
+        product, lse = jax.lax.cond(  # where the mask alone picks every token, no output layer
             jnp.all(determined), lambda: (jnp.zeros((b, tab["bias"].shape[1]), jnp.float32), jnp.zeros(b)),
             project)
 
         def masked_logits():
-            logits = raw + tab["bias"][kind]
+            logits = product + kind_bias[kind]  # the output layer's bias is in kind_bias
             if meter:
                 logits = jax.lax.cond(
                     jnp.any(at_rhyme),
@@ -360,19 +400,32 @@ def decode(graphdef, params, out_layer, exact, tab, batch, specials, key, poem_i
         if repeats:  # each earlier line's token at this column
             at = jnp.clip(s["starts"] + col[:, None], 0, max_len - 1)
             earlier = jnp.take_along_axis(s["out"], at, axis=1)
-            logits = _repeat_mask(tab, batch, s, earlier, kind, at_rhyme if meter else jnp.zeros(b, bool),
-                                  rhyme_pos, masked_logits)
-        else:
-            logits = masked_logits()
-        if mode == "greedy":
-            sampled = _greedy(logits, tab, tab["mixed"][kind] & ~determined)
-            if exact is not None:
-                sampled = _exact_best(logits, sampled, features[0], exact, tab["klass"])
-        elif mode == "argmax":
-            sampled = _argmax(logits)
-        else:  # where the mask alone picks every token, no top-k (a partial sort) is needed
-            sampled = jax.lax.cond(jnp.all(determined), lambda: _argmax(logits),
-                                   lambda: _choose(s["t"], logits, temperature, top_k, top_p, poem_keys, mode))
+
+        def choose():
+            """Each poem's token from its masked logits, and (with `score`) the model's log-probability of it."""
+            if repeats:
+                logits = _repeat_mask(tab, batch, s, earlier, kind, at_rhyme if meter else jnp.zeros(b, bool),
+                                      rhyme_pos, masked_logits)
+            else:
+                logits = masked_logits()
+            if mode == "greedy":
+                sampled = _greedy(logits, tab, tab["mixed"][kind] & ~determined)
+                if exact is not None:
+                    sampled = _exact_best(logits, sampled, features, exact, tab["klass"])
+            elif mode == "argmax":
+                sampled = _argmax(logits)
+            else:
+                sampled = _choose(s["t"], logits, temperature, top_k, top_p, poem_keys, mode)
+            # The model's own log-probability of the token it chose (temperature 1, no mask): a chosen
+            # token's masked logit is its raw one (the masks add 0 or -inf, and the repetition mask
+            # restores what it gives way on).
+            lp = jnp.take_along_axis(logits, sampled[:, None], axis=1)[:, 0] - lse if score else jnp.zeros(b)
+            return sampled, lp
+
+        # Where every token is forced, a head, past <EOP> or the one token its kind allows (a line's
+        # mark, <EOP>), no logits are needed: the kind's own token, and no score. (Forced, head and
+        # finished rows have theirs replaced just below.)
+        sampled, lp = jax.lax.cond(jnp.all(determined), lambda: (tab["only"][kind], jnp.zeros(b)), choose)
         tok = jnp.where(forced >= 0, forced, jnp.where(use_head, head, sampled))
         tok = jnp.where(s["done"], pad_id, tok)
         ends = tab["ender"][tok]
@@ -382,11 +435,7 @@ def decode(graphdef, params, out_layer, exact, tab, batch, specials, key, poem_i
             rhyme_cls=rhyme_cls, done=s["done"] | (tok == eop_id),
             out=jax.lax.dynamic_update_index_in_dim(s["out"], tok, s["t"], axis=1),
         )
-        if score:
-            # The model's own log-probability of the token it chose (temperature 1, no mask): a chosen
-            # token's masked logit is its raw one (the masks add 0 or -inf, and the repetition mask
-            # restores what it gives way on). Where every token is determined nothing is counted.
-            lp = jnp.take_along_axis(logits, sampled[:, None], axis=1)[:, 0] - lse
+        if score:  # where a row's token is determined, nothing is counted
             new.update(lp_sum=s["lp_sum"] + jnp.where(determined, 0.0, lp), lp_n=s["lp_n"] + ~determined)
         if meter:  # prosody.advance, for sampled and forced tokens alike
             debt = jnp.where(code == prosody.GUARD, ~tab["level"][tok], s["guard_debt"])

@@ -312,12 +312,27 @@ class Generator:
         self._warm: set = set()  # batch shapes whose loop has run (compiled) once
 
     @functools.cached_property
+    def _input_table(self) -> jax.Array:
+        """The first recurrent layer's input projection of every token (`decoding.input_table`),
+        made on first use: 34 MB for the shipped LSTM, in place of a matmul each step."""
+        return decoding.input_table(self._model)
+
+    @functools.cached_property
     def _exact(self):
         """Greedy in a half precision re-scores its best candidates with the float32 output layer
         (`_exact_best`): (V, H) kernel rows and the bias, made on first greedy use. None in float32."""
         if self.precision == "float32":
             return None
         return output_layer(self._model, "float32")
+
+    def recurrent_dtype(self, sampling: Sampling) -> str | None:
+        """The recurrent layers' matmul dtype while decoding: the half precision when sampling in
+        one, else None (float32). Greedy keeps them float32: their rounding feeds back through the
+        state and changed 5 of 100 greedy poems, while a sample is a draw either way (its quality
+        is measured in bench/precision_quality.py)."""
+        if self.precision == "float32" or sampling.is_greedy:
+            return None
+        return self.precision
 
     @property
     def prosody_tables(self) -> prosody.ProsodyTables:
@@ -563,13 +578,14 @@ class Generator:
         specials = np.array([self.vocab.pad_id, self.vocab.eop_id], np.int32)
         tables = self._meter_tables() if meter else self._tables_dev
         statics = dict(max_len=self.max_len, mode=sampling.mode, meter=meter, repeats=_uses_repeat_masks(requests),
-                       best_of=sampling.best_of, score=bool(score or sampling.best_of > 1))
+                       best_of=sampling.best_of, score=bool(score or sampling.best_of > 1),
+                       recurrent_dtype=self.recurrent_dtype(sampling))
 
         exact = self._exact if sampling.mode == "greedy" else None
 
         def run(rows: slice) -> dict:
             return decoding.decode(
-                self.graphdef, self.params, self._out_layer, exact, tables,
+                self.graphdef, self.params, self._out_layer, exact, self._input_table, tables,
                 {k: v[rows] for k, v in arrays.items()}, specials,
                 seed_key(seed), poem_ids[rows],
                 np.float32(max(sampling.temperature, 1e-6)), np.int32(sampling.top_k), np.float32(sampling.top_p),
@@ -697,6 +713,8 @@ def _kind_facts(allowed: np.ndarray, klass: np.ndarray) -> dict:
         "bias": jnp.asarray(np.where(allowed, 0.0, -np.inf).astype(np.float32)),
         # Kinds that allow exactly one token (punctuation, <EOP>): the model's logits don't matter there.
         "single": jnp.asarray(allowed.sum(axis=1) == 1),
+        # ... and that token (0 for the other kinds).
+        "only": jnp.asarray(np.where(allowed.sum(axis=1) == 1, allowed.argmax(axis=1), 0).astype(np.int32)),
         "n_allowed": jnp.asarray(allowed.sum(axis=1).astype(np.int32)),
         # Kinds whose tokens fall into more than one greedy class: only there does greedy weigh classes.
         "mixed": jnp.asarray(classes.sum(axis=1) > 1),

@@ -324,3 +324,46 @@ def test_decode_parts(monkeypatch, cores, poems, best_of, parts):
     assert g.decode_parts(poems, best_of) == parts
     monkeypatch.setattr(g.jax, "default_backend", lambda: "gpu")
     assert g.decode_parts(poems, best_of) == 1
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_the_loops_recurrent_step_is_the_models(cell):
+    """`stack_step` from a row of `input_table` computes what `model.rnn` computes on the token's
+    embedding, state and output (float32: the same sums but for the order of the first matmul's);
+    with a bfloat16 h, h stays bfloat16 and an LSTM's c float32."""
+    from rnnjax.poetry.model import PoetryModel
+
+    model = PoetryModel(len(VOCAB), 8, 16, 2, cell=cell, rngs=nnx.Rngs(3))
+    tokens = jnp.array([4, 9, 0, 17])
+    rng = np.random.default_rng(0)
+    h = jnp.asarray(rng.normal(size=(2, 4, 16)) * 0.5, jnp.float32)
+    hx = (h, jnp.asarray(rng.normal(size=(2, 4, 16)), jnp.float32)) if cell == "lstm" else h
+    want_y, want_hx = model.rnn(model.embeddings(tokens[None, :]), hx)
+    table = decoding.input_table(model)
+    assert table.shape == (len(VOCAB), {"lstm": 4, "gru": 3, "rnn": 1}[cell] * 16)
+    got_y, got_hx = decoding.stack_step(model.rnn.config, model.rnn.params_dict(), table[tokens], hx)
+    np.testing.assert_allclose(got_y, want_y[0], rtol=1e-5, atol=1e-6)
+    for got, want in zip(jax.tree.leaves(got_hx), jax.tree.leaves(want_hx)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), hx) if cell != "lstm" else (h.astype(jnp.bfloat16), hx[1])
+    y16, hx16 = decoding.stack_step(model.rnn.config, model.rnn.params_dict(), table[tokens], half)
+    assert y16.dtype == jnp.bfloat16
+    if cell == "lstm":
+        assert hx16[0].dtype == jnp.bfloat16 and hx16[1].dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(y16, np.float32), want_y[0], atol=3e-2)
+
+
+def test_half_precision_samples_with_half_recurrent_matmuls_and_greedy_without(tiny):
+    """Sampling in bfloat16 runs the recurrent matmuls in bfloat16 (it is a draw either way);
+    greedy keeps them float32 (a rounded state flips near-ties and changes the rest of the poem)."""
+    model, f32 = tiny
+    bf16 = Generator(model, VOCAB, max_len=MAX_LEN, precision="bfloat16")
+    assert bf16.recurrent_dtype(Sampling()) == "bfloat16"
+    assert bf16.recurrent_dtype(Sampling(top_p=1.0)) == "bfloat16"
+    assert bf16.recurrent_dtype(Sampling(greedy=True)) is None
+    assert bf16.recurrent_dtype(Sampling(greedy=True, plain_argmax=True)) is None
+    assert f32.recurrent_dtype(Sampling()) is None
+    requests = [bf16.request(form="5x4")] * 4
+    for sampling in (Sampling(), Sampling(greedy=True)):
+        poems = bf16.generate(requests, sampling, seed=2)
+        assert all(p.complete and [len(line) for line in p.lines] == [12, 12] for p in poems)
