@@ -49,11 +49,13 @@ import jax, torch
 print("jax", jax.__version__, jax.devices(), "| torch", torch.__version__, "cuda" if torch.cuda.is_available() else "no cuda")
 EOF
 
-# 1. Parity on the device JAX runs on (torch computes the reference on its own device).
+# 1. Parity on the device JAX runs on (torch computes the reference on its own device). In one
+# process (-o addopts= drops pyproject's -n: the GPU machine has no pytest-xdist, and workers would
+# each claim most of the GPU's memory).
 if [ $dry = 1 ]; then
-  step parity "$py" -m pytest -q -x tests/layers/test_layers_api.py tests/layers/test_parity.py -k "shapes or jit or dropout"
+  step parity "$py" -m pytest -o addopts= -q -x tests/layers/test_layers_api.py tests/layers/test_parity.py -k "shapes or jit or dropout"
 else
-  step parity "$py" -m pytest -q tests/layers/test_layers_api.py tests/layers/test_parity.py tests/poetry/test_model.py
+  step parity "$py" -m pytest -o addopts= -q tests/layers/test_layers_api.py tests/layers/test_parity.py tests/poetry/test_model.py
 fi
 
 # 2. Training-step throughput, three implementations, same blocks.
