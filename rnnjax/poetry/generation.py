@@ -795,11 +795,11 @@ def output_layer(model, precision: str) -> tuple[jax.Array, jax.Array]:
     the whole vocabulary, most of a step, and XLA:CPU runs it about 12% faster with each token's
     weights contiguous (bench/generate_latency.py; the model keeps torch's (H, V) for training).
 
-    Why a half precision touches the output layer only: at a vocabulary of thousands it is most of
-    a batch step's work and nearly all of its weight bytes, and its rounding moves only the
-    logits, which greedy re-decides in float32 (`_exact_best`). Rounding the recurrent weights too
-    sped a 256-poem batch up little but changed 6 of 100 greedy poems of the shipped model (the
-    error feeds back through the state; README, Performance)."""
+    Why a half precision rounds this layer's weights and no other: at a vocabulary of thousands it
+    is most of a batch step's work and nearly all of its weight bytes, and its rounding moves only
+    the logits, which greedy re-decides in float32 (`_exact_best`). Rounded recurrent matmuls
+    changed 5 of 100 greedy poems of the shipped model (the error feeds back through the state), so
+    greedy keeps them float32; sampling runs them in the half precision (`Generator.recurrent_dtype`)."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     layer = model.linear1
