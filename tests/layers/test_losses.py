@@ -31,10 +31,11 @@ def _inputs(seed, n, d, v, dtype):
 def test_value_and_gradients_equal_plain_float64(seed, n, d, v, chunk):
     with jax.enable_x64(True):
         h, w, b, t, wt = _inputs(seed, n, d, v, jnp.float64)
-        want_val, want_grads = jax.value_and_grad(plain, argnums=(0, 1, 2))(h, w, b, t, wt)
-        got_val, got_grads = jax.value_and_grad(
-            lambda h, w, b: linear_cross_entropy(h, w, b, t, wt, chunk), argnums=(0, 1, 2))(h, w, b)
-        value_only = linear_cross_entropy(h, w, b, t, wt, chunk)
+        # Under jit, as training calls it (eager dispatch of the chunk loop took three times as long).
+        want_val, want_grads = jax.jit(jax.value_and_grad(plain, argnums=(0, 1, 2)))(h, w, b, t, wt)
+        got_val, got_grads = jax.jit(jax.value_and_grad(
+            lambda h, w, b: linear_cross_entropy(h, w, b, t, wt, chunk), argnums=(0, 1, 2)))(h, w, b)
+        value_only = jax.jit(lambda h, w, b: linear_cross_entropy(h, w, b, t, wt, chunk))(h, w, b)
         np.testing.assert_allclose(got_val, want_val, rtol=1e-12)
         np.testing.assert_allclose(value_only, want_val, rtol=1e-12)
         for got, want in zip(got_grads, want_grads):
