@@ -1,13 +1,21 @@
 import os
 
-# Parity tests compare float32 math: keep XLA from using faster-but-looser CPU paths.
-os.environ.setdefault("XLA_FLAGS", "")
+# Parity tests compare float32 math: keep XLA from using faster-but-looser CPU paths. Under
+# pytest-xdist every core already runs a worker: each worker's XLA and torch on one thread, so that
+# they do not fight over the cores.
+_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" if _WORKER else "")
 # The CLIs keep compiled programs in a persistent cache (~/.cache/rnnjax/jax); tests, and the commands
 # they start, run without it unless a test sets its own folder.
 os.environ.setdefault("RNNJAX_CACHE_DIR", "")
 
 import pytest
 from hypothesis import settings
+
+if _WORKER:
+    import torch
+
+    torch.set_num_threads(1)
 
 # Deterministic examples: the same run in CI as on a developer's machine.
 settings.register_profile("rnnjax", derandomize=True, deadline=None, print_blob=True)
