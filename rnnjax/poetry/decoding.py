@@ -318,10 +318,10 @@ def decode(graphdef, params, out_layer, exact, table, tab, batch, specials, key,
     # Randomness depends on (seed, poem index, candidate, step) only: poem i is the same whatever --num is.
     poem_keys = candidate_keys(key, poem_ids, best_of)
 
-    # The recurrent state's structure (LSTM (h, c) or GRU/RNN h) comes from the model itself; the call
-    # is dead code once only shapes are used, and XLA drops it.
-    h = jnp.zeros((cfg.num_layers, b, cfg.hidden_size), recurrent_dtype or jnp.float32)
-    hx = (h, jnp.zeros(h.shape, jnp.float32)) if cfg.mode == "LSTM" else h
+    # The zero state, shaped as `recurrent.apply` makes it: h (layers, B, out_hidden) in the matmuls'
+    # dtype, and for an LSTM c (layers, B, hidden) in float32.
+    h = jnp.zeros((cfg.num_layers, b, cfg.out_hidden), recurrent_dtype or jnp.float32)
+    hx = (h, jnp.zeros((cfg.num_layers, b, cfg.hidden_size), jnp.float32)) if cfg.mode == "LSTM" else h
 
     def prime_step(hx, xs):
         t, tok = xs

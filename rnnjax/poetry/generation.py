@@ -709,13 +709,15 @@ def _kind_facts(allowed: np.ndarray, klass: np.ndarray) -> dict:
     """The loop's per-kind tables from a (kinds, V) allowed table and the tokens' greedy classes."""
     classes = np.stack([(allowed & (klass == c)).any(axis=1) for c in (decoding.GO_ON, decoding.CLOSE, decoding.END)],
                        axis=1)
+    n_allowed = allowed.sum(axis=1)
+    single = n_allowed == 1
     return {
         "bias": jnp.asarray(np.where(allowed, 0.0, -np.inf).astype(np.float32)),
         # Kinds that allow exactly one token (punctuation, <EOP>): the model's logits don't matter there.
-        "single": jnp.asarray(allowed.sum(axis=1) == 1),
+        "single": jnp.asarray(single),
         # ... and that token (0 for the other kinds).
-        "only": jnp.asarray(np.where(allowed.sum(axis=1) == 1, allowed.argmax(axis=1), 0).astype(np.int32)),
-        "n_allowed": jnp.asarray(allowed.sum(axis=1).astype(np.int32)),
+        "only": jnp.asarray(np.where(single, allowed.argmax(axis=1), 0).astype(np.int32)),
+        "n_allowed": jnp.asarray(n_allowed.astype(np.int32)),
         # Kinds whose tokens fall into more than one greedy class: only there does greedy weigh classes.
         "mixed": jnp.asarray(classes.sum(axis=1) > 1),
     }
