@@ -172,6 +172,76 @@ def test_generate_on_damaged_checkpoints_prints_one_line_and_exits_2(saved, tmp_
         assert str(folder) in line, line
 
 
+ORBAX_FILE = "/site-packages/orbax/checkpoint/_src/serialization/serialization.py"
+
+
+def _defined_in(filename: str, code: str, **names):
+    """The last function `code` defines, compiled as if from `filename` (which tracebacks and reprs name)."""
+    space = dict(names)
+    exec(compile(code, filename, "exec"), space)
+    return space[code.rsplit("def ", 1)[1].split("(", 1)[0]]
+
+
+def _unretrieved_task_log(coroutine) -> list[str]:
+    """What asyncio's own handler logs, past checkpoint's leftover filter, for a task whose exception
+    nobody retrieved."""
+    import asyncio
+    import gc
+    import logging
+
+    kept = []
+    handler = logging.Handler()
+    handler.emit = lambda record: kept.append(record.getMessage())
+    handler.addFilter(ckpt._DropOrbaxLeftovers())
+    log = logging.getLogger("asyncio")
+    log.addHandler(handler)
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(coroutine())
+        loop.run_until_complete(asyncio.sleep(0))
+        del task  # asyncio logs "Task exception was never retrieved" when the task is collected
+        gc.collect()
+    finally:
+        loop.close()
+        log.removeHandler(handler)
+    return kept
+
+
+def test_orbax_reads_left_over_after_an_error_are_dropped_and_others_kept():
+    """CI once printed a left-over async_deserialize task under the one-line error: the filter knew
+    only another coroutine's name. It now matches orbax's path in the message or the traceback."""
+    deserialize = _defined_in(ORBAX_FILE, "async def async_deserialize():\n    raise Exception("
+                              "'Encountered error while reading array index. See full TensorStore details')\n")
+    assert _unretrieved_task_log(deserialize) == []
+    read_shard = _defined_in(ORBAX_FILE, "def read_shard():\n    raise ValueError('OUT_OF_RANGE')\n")
+    gather = _defined_in("/somewhere/glue.py", "async def gather():\n    read_shard()\n", read_shard=read_shard)
+    assert _unretrieved_task_log(gather) == []  # orbax named only in the traceback
+    fetch = _defined_in("/home/user/app.py", "async def fetch():\n    raise ValueError('boom')\n")
+    kept = _unretrieved_task_log(fetch)
+    assert len(kept) == 1 and "never retrieved" in kept[0] and "boom" in kept[0], kept
+
+
+def test_orbax_coroutines_failing_as_they_are_discarded_are_dropped_and_others_kept(monkeypatch):
+    """The other leftover: a suspended read, discarded with its loop, raises as it closes ("Exception
+    ignored in <coroutine ...>"), which goes to sys.unraisablehook."""
+    import gc
+    import logging
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [])
+    ckpt._install_leftover_filters()
+    code = ("import types\n@types.coroutine\ndef suspend():\n    yield\n"
+            "async def {name}():\n    try:\n        await suspend()\n    finally:\n        raise ValueError('{name}')\n")
+    for filename, name in ((ORBAX_FILE, "read_shard"), ("/home/user/app.py", "fetch")):
+        coroutine = _defined_in(filename, code.format(name=name))()
+        coroutine.send(None)  # suspended inside the try
+        del coroutine
+        gc.collect()
+    assert seen == ["fetch"]
+
+
 def test_resume_skips_a_damaged_latest_step(tiny_corpus, tmp_path, capsys):
     kw = dict(TINY, data=tiny_corpus, save_every=1, val_fraction=0.1, lr=1e-2)
     train(checkpoint_dir=tmp_path / "straight", max_steps=6, **kw)
