@@ -21,8 +21,9 @@ returned in its input's dtype (``dh`` rounded to bfloat16 for a bfloat16 ``h``; 
 float32 for float32 weights). With bfloat16 ``h`` the three matmuls (logits, ``dh``, ``dW``) take
 bfloat16 operands: ``dz`` is rounded once for the two that need it, after the softmax, and made in
 that dtype only, while ``db`` stays float32 without a float32 ``dz``:
-``db = sum_n (w_n / s_n) e_n - sum_n w_n e_{t_n}`` (``e_n = exp(z_n - max)``, ``s_n`` its sum), a
-float32 product over ``e`` and a scatter of the weights.
+``db = sum_n (w_n / s_n) x_n - sum_n w_n e_{t_n}`` (``x_n = exp(z_n - max_v z_{n,v})``, ``s_n`` its
+sum, ``e_{t_n}`` the one-hot row of the target), a float32 product over the exponentials and a
+scatter of the weights.
 
 Chunk size: each chunk's logits, exponentials and ``dz`` are ``(chunk, V)`` arrays that every pass
 reads and writes, so a smaller chunk keeps them nearer the core, down to where the matmuls lose
@@ -112,7 +113,7 @@ def _fwd(h, w, b, targets, weights, chunk):
         target = (cols[None, :] == t[:, None]).astype(e.dtype)
         if low:
             # No float32 dz beside dz_c (see the module docstring): it was one more (chunk, V)
-            # array written and read, 12% of this loss's time in bfloat16.
+            # array written and read: 256 -> 219 ms for this loss at 8,320 rows.
             r = wt[:, None] / s
             dz_c = (e * r - target * wt[:, None]).astype(cdt)
             dh = jax.lax.dot_general(dz_c, wx, (((1,), (1,)), ((), ())), preferred_element_type=acc)
