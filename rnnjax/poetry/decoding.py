@@ -64,7 +64,8 @@ from flax import nnx
 from rnnjax import cells, recurrent
 from rnnjax.poetry import forms, prosody, topk
 
-__all__ = ["decode", "stack_step", "input_table", "candidate_keys", "keep_best", "CANDIDATES", "CANDIDATE_TAG", "EXACT_CANDIDATES",
+__all__ = ["decode", "stack_step", "input_table", "candidate_keys", "keep_best", "CANDIDATES", "CANDIDATE_TAG",
+           "EXACT_CANDIDATES",
            "CHAR_CAP", "CAP_FORMS", "CAP_SLOTS", "GO_ON", "CLOSE", "END",
            "TEMPLATE_RHYME5", "TEMPLATE_RHYME7", "TEMPLATE_NONE"]
 
@@ -375,34 +376,29 @@ def decode(graphdef, params, out_layer, exact, table, tab, batch, specials, key,
         use_head = (col == 0) & (line < batch["n_heads"])
         determined = s["done"] | (forced >= 0) | use_head | tab["single"][kind]
 
-        def project():
-            # In the weights' dtype with float32 sums and logits (a bfloat16 matmul with a bfloat16
-            # result is slower on CPUs than float32); the log-sum-exp here, next to the matmul, is
-            # the one extra pass over the vocabulary that the scores cost.
-            kernel, bias = out_layer  # (V, H): contract both last axes
-            product = jax.lax.dot_general(features.astype(kernel.dtype), kernel, (((1,), (1,)), ((), ())),
-                                          preferred_element_type=jnp.float32)
-            return product, (jax.nn.logsumexp(product + bias, axis=-1) if score else jnp.zeros(b))
-
-        product, lse = jax.lax.cond(  # where the mask alone picks every token, no output layer
-            jnp.all(determined), lambda: (jnp.zeros((b, tab["bias"].shape[1]), jnp.float32), jnp.zeros(b)),
-            project)
-
-        def masked_logits():
-            logits = product + kind_bias[kind]  # the output layer's bias is in kind_bias
-            if meter:
-                logits = jax.lax.cond(
-                    jnp.any(at_rhyme),
-                    functools.partial(_rhyme_bias, tab, s["rhyme_groups"], s["used_rhymes"], at_rhyme),
-                    lambda x: x, logits)
-            return logits
-
         if repeats:  # each earlier line's token at this column
             at = jnp.clip(s["starts"] + col[:, None], 0, max_len - 1)
             earlier = jnp.take_along_axis(s["out"], at, axis=1)
 
         def choose():
             """Each poem's token from its masked logits, and (with `score`) the model's log-probability of it."""
+            # The output layer in the weights' dtype with float32 sums and logits (a bfloat16 matmul
+            # with a bfloat16 result is slower on CPUs than float32); the log-sum-exp here, next to
+            # the matmul, is the one extra pass over the vocabulary that the scores cost.
+            kernel, bias = out_layer  # (V, H): contract both last axes
+            product = jax.lax.dot_general(features.astype(kernel.dtype), kernel, (((1,), (1,)), ((), ())),
+                                          preferred_element_type=jnp.float32)
+            lse = jax.nn.logsumexp(product + bias, axis=-1) if score else jnp.zeros(b)
+
+            def masked_logits():
+                logits = product + kind_bias[kind]  # the output layer's bias is in kind_bias
+                if meter:
+                    logits = jax.lax.cond(
+                        jnp.any(at_rhyme),
+                        functools.partial(_rhyme_bias, tab, s["rhyme_groups"], s["used_rhymes"], at_rhyme),
+                        lambda x: x, logits)
+                return logits
+
             if repeats:
                 logits = _repeat_mask(tab, batch, s, earlier, kind, at_rhyme if meter else jnp.zeros(b, bool),
                                       rhyme_pos, masked_logits)
@@ -423,8 +419,8 @@ def decode(graphdef, params, out_layer, exact, table, tab, batch, specials, key,
             return sampled, lp
 
         # Where every token is forced, a head, past <EOP> or the one token its kind allows (a line's
-        # mark, <EOP>), no logits are needed: the kind's own token, and no score. (Forced, head and
-        # finished rows have theirs replaced just below.)
+        # mark, <EOP>), no logits are needed: no output layer, the kind's own token, and no score.
+        # (Forced, head and finished rows have theirs replaced just below.)
         sampled, lp = jax.lax.cond(jnp.all(determined), lambda: (tab["only"][kind], jnp.zeros(b)), choose)
         tok = jnp.where(forced >= 0, forced, jnp.where(use_head, head, sampled))
         tok = jnp.where(s["done"], pad_id, tok)
