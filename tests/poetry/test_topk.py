@@ -32,10 +32,32 @@ def distinct(rng, b, v):
     return np.stack([rng.permutation(v) for _ in range(b)]).astype(np.float32) / v * 4 + rng.normal(size=(b, 1))
 
 
-@pytest.mark.parametrize("v, k", [(8293, 64), (8293, 8), (2048, 64), (20000, 16)])
+# Passes as chains of maxima (8293/64, 2048/64, the last chained width) and as reductions (the rest).
+@pytest.mark.parametrize("v, k", [(8293, 64), (8293, 8), (2048, 64), (20000, 16),
+                                  (64 * topk.MAX_CHAIN_ROWS + 63, 64), (64 * topk.MAX_CHAIN_ROWS + 64, 64)])
 def test_same_as_lax_top_k(v, k):
     rng = np.random.default_rng(v + k)
     compare(distinct(rng, 16, v), k, same_indices=True)
+
+
+@pytest.mark.parametrize("v, k", [(8293, 64), (2048, 64), (64 * topk.MAX_CHAIN_ROWS + 64, 64), (2048, 8)])
+def test_block_candidates_are_each_blocks_largest(v, k):
+    """The passes (chains of maxima up to MAX_CHAIN_ROWS rows of blocks, reductions past it) find
+    each strided block's DEPTH largest packed keys, pass-major, as a sort of each block does. (A
+    slip here costs only speed in `top_k`, whose check redoes the rows it leaves unsure, so it is
+    tested on its own.)"""
+    rng = np.random.default_rng(v * k)
+    x = np.concatenate([distinct(rng, 3, v), np.round(rng.normal(size=(2, v)) * 2)]).astype(np.float32)
+    tok, cand, low = (np.asarray(a) for a in jax.jit(topk.block_candidates, static_argnums=1)(x, k))
+    rows = v // k
+    bits = x[:, : rows * k].view(np.int32)
+    keys = ((bits ^ ((bits >> 31) & 0x7FFFFFFF)) & ~low).reshape(len(x), rows, k)
+    keys = keys | (rows - 1 - np.arange(rows, dtype=np.int32))[None, :, None]
+    want = -np.sort(-keys, axis=1)[:, : topk.DEPTH, :].reshape(len(x), -1)  # (B, DEPTH * k), pass-major
+    np.testing.assert_array_equal(cand, want)
+    want_tok = np.argsort(-keys, axis=1, kind="stable")[:, : topk.DEPTH, :] * k + np.arange(k)
+    np.testing.assert_array_equal(tok[:, : topk.DEPTH * k], want_tok.reshape(len(x), -1))
+    np.testing.assert_array_equal(tok[:, topk.DEPTH * k:], np.broadcast_to(np.arange(rows * k, v), (len(x), v % k)))
 
 
 def test_rows_whose_block_holds_many_of_the_top_are_redone():
@@ -70,10 +92,11 @@ def test_ties_keep_the_values():
     compare(np.round(rng.normal(size=(8, 8293)) * 2), 64, same_indices=False)  # ~20 distinct values
 
 
-def test_narrow_rows_and_other_dtypes_are_lax_top_k():
+def test_narrow_rows_small_batches_and_other_dtypes_are_lax_top_k():
     rng = np.random.default_rng(3)
     narrow = rng.normal(size=(4, topk.MIN_WIDTH * 64 - 1)).astype(np.float32)
     compare(narrow, 64, same_indices=True)
+    compare(distinct(rng, topk.MIN_ROWS - 1, 8293), 64, same_indices=True)  # a small batch
     half = jnp.asarray(rng.normal(size=(4, 8293)), jnp.bfloat16)
     for got, want in zip(fast(half, 64), jax.lax.top_k(half, 64)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
