@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from machine import describe  # bench/machine.py: the script's own folder is on sys.path
+
 V, EMBED, HIDDEN = 8293, 128, 256
 PREFIX = "床前明月光"
 STEPS = 48  # the tutorial's `for i in range(48)`
@@ -102,6 +104,7 @@ def main():
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); vocab {V}, embedding {EMBED}, hidden {HIDDEN}, 2 layers; "
           f"ours in {args.precision}; load average {os.getloadavg()[0]:.2f}")
+    print(f"machine: {describe()}")
     if args.meter_only:
         meter_row(model, vocab, args)
         return

@@ -21,6 +21,8 @@ from flax import nnx
 
 import rnnjax
 
+from machine import describe  # bench/machine.py: the script's own folder is on sys.path
+
 
 def interleaved_medians(fns, repeats):
     """Median wall time of each function, run in turn (a, b, a, b, ...) so that both sides see the
@@ -88,6 +90,7 @@ def main():
     t_torch, t_jax = interleaved_medians([torch_step, jax_run], args.repeats)
     print(f"{name} fwd+bwd T={args.steps} B={args.batch} I={args.input} H={args.hidden} L={args.layers} "
           f"on {os.cpu_count()} CPU cores (jax {jax.__version__}, torch {torch.__version__})")
+    print(f"machine: {describe()}")
     print(f"  torch.nn.{name}: {t_torch * 1e3:8.1f} ms")
     print(f"  rnnjax.{name}:   {t_jax * 1e3:8.1f} ms")
     print(f"  ratio rnnjax/torch: {t_jax / t_torch:.2f}  ({'faster' if t_jax < t_torch else 'slower'})")

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import describe  # bench/machine.py: the script's own folder is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET_S = 2.0
 
@@ -66,6 +68,7 @@ def main(argv=None) -> int:
     print(f"python generate.py {' '.join(args)}   ({a.repo}{', no compilation cache' if a.no_cache else ''})")
     print("wall: " + ", ".join(f"{t:.2f}" for t in times) + " s;  CPU: " + ", ".join(f"{c:.2f}" for c in cpus)
           + f" s;  load average {load:.1f} on {os.cpu_count()} cores")
+    print(f"machine: {describe()}")
     print(f"median of {len(times)}: {median:.2f} s wall, {statistics.median(cpus):.2f} s CPU "
           f"(target <= {TARGET_S:.1f} s wall: {'met' if median <= TARGET_S else 'NOT met'})")
     return 0

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from machine import describe  # bench/machine.py: the script's own folder is on sys.path
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -230,6 +232,7 @@ def main():
     print(f"data: {source}; model: LSTM {args.num_layers}x{args.hidden_dim}, embedding {args.embedding_dim}, "
           f"vocab {v}, batch {args.batch_size}; {os.cpu_count()} CPU cores, jax {jax.__version__} "
           f"on {jax.devices()[0].platform}; load average {os.getloadavg()[0]:.2f}")
+    print(f"machine: {describe()}")
     n = 512 if args.quick else 2048
     peak = matmul_gflops(n, 3 if args.quick else 10)
     print(f"float32 matmul (jit jnp.dot, {n}^2): {peak:,.1f} GFLOP/s")
