@@ -11,9 +11,9 @@ that was more than a third of the time. `top_k` hands `lax.top_k` a short list i
    row's k largest, and `DEPTH` = 7 or more of them in about one block in 12,000 (Poisson(1)).
 2. The `DEPTH` largest of every block, by `DEPTH` vectorised max passes, each over what the pass
    before left and each one fused loop over the keys (a chain of elementwise maxima over the
-   blocks' rows, up to `MAX_CHAIN_ROWS` of them). Each logit is packed with its row in the block into one int32 (the float's
-   order-preserving integer, its low bits replaced by the row), so keys are distinct and one max
-   gives value and position together.
+   blocks' rows, up to `MAX_CHAIN_ROWS` of them). Each logit is packed with its row in the block
+   into one int32 (the float's order-preserving integer, its low bits replaced by the row), so keys
+   are distinct and one max gives value and position together.
 3. `lax.top_k` over those `DEPTH * k` candidates (pass-major: every block's largest first, which
    fills its heap early), on their exact float values.
 
@@ -83,8 +83,8 @@ def block_candidates(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array, int]:
         none = jax.lax.full((b, k), floor, jnp.int32)
         cand = [functools.reduce(jax.lax.max, slices)]
         for _ in range(DEPTH - 1):
-            prev = cand[-1]
-            cand.append(functools.reduce(jax.lax.max, [jax.lax.select(jax.lax.lt(r, prev), r, none) for r in slices]))
+            below = [jax.lax.select(jax.lax.lt(r, cand[-1]), r, none) for r in slices]
+            cand.append(functools.reduce(jax.lax.max, below))
     else:
         packed = keys.reshape(b, rows, k) | (rows - 1 - jnp.arange(rows, dtype=jnp.int32))[None, :, None]
         cand = [jnp.max(packed, axis=1)]
