@@ -69,7 +69,8 @@ def block_candidates(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array, int]:
     b, v = x.shape
     rows = v // k  # whole rows of the (rows, k) blocks; the last v % k tokens are candidates outright
     low = (1 << (rows - 1).bit_length()) - 1
-    keys = _int_key(x[:, : rows * k]) & ~low
+    row = jnp.repeat(rows - 1 - jnp.arange(rows, dtype=jnp.int32), k)  # each token's row, reversed
+    keys = (_int_key(x[:, : rows * k]) & ~low) | row[None, :]  # (B, rows * k)
     floor = jnp.iinfo(jnp.int32).min
     if rows <= MAX_CHAIN_ROWS:
         # Each pass as a chain of elementwise maxima over the rows' (B, k) slices: XLA:CPU fuses it
@@ -78,15 +79,14 @@ def block_candidates(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array, int]:
         # poems/s. Past MAX_CHAIN_ROWS slices the chain's fusion gets slower than the reduce.
         # (Written in lax ops: a few thousand of them, traced in every process before the
         # compilation cache is consulted, take half the time of jnp's.)
-        slices = [jax.lax.slice_in_dim(keys, j * k, (j + 1) * k, axis=1) | jnp.int32(rows - 1 - j)
-                  for j in range(rows)]
+        slices = [jax.lax.slice_in_dim(keys, j * k, (j + 1) * k, axis=1) for j in range(rows)]
         none = jax.lax.full((b, k), floor, jnp.int32)
         cand = [functools.reduce(jax.lax.max, slices)]
         for _ in range(DEPTH - 1):
             below = [jax.lax.select(jax.lax.lt(r, cand[-1]), r, none) for r in slices]
             cand.append(functools.reduce(jax.lax.max, below))
     else:
-        packed = keys.reshape(b, rows, k) | (rows - 1 - jnp.arange(rows, dtype=jnp.int32))[None, :, None]
+        packed = keys.reshape(b, rows, k)
         cand = [jnp.max(packed, axis=1)]
         for _ in range(DEPTH - 1):
             cand.append(jnp.max(jnp.where(packed < cand[-1][:, None, :], packed, floor), axis=1))
