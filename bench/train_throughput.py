@@ -196,18 +196,18 @@ def peak_rss(precision: str, args) -> tuple[float, float]:
 
 
 def main():
-    from rnnjax.poetry.config import DEFAULT_DATA, PRECISIONS
+    from rnnjax.poetry.config import COMPUTE_PRECISIONS, DEFAULT_DATA
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     p.add_argument("--data", default=DEFAULT_DATA)
-    p.add_argument("--precision", choices=(*PRECISIONS, "both"), default="both",
+    p.add_argument("--precision", choices=(*COMPUTE_PRECISIONS, "both"), default="both",
                    help="our step's precision; both: float32 and bfloat16 side by side")
     p.add_argument("--steps", type=int, default=12, help="timed JAX steps per precision (after compiling)")
     p.add_argument("--torch-steps", type=int, default=6)
     p.add_argument("--no-torch", action="store_true", help="skip the tutorial's step")
     p.add_argument("--no-rss", action="store_true", help="skip the per-precision peak-RSS processes")
-    p.add_argument("--rss-only", choices=PRECISIONS, help=argparse.SUPPRESS)
+    p.add_argument("--rss-only", choices=COMPUTE_PRECISIONS, help=argparse.SUPPRESS)
     args = p.parse_args()
     full = dict(embedding_dim=128, hidden_dim=256, num_layers=2, batch_size=128, vocab=8293, max_len=125)
     quick = dict(embedding_dim=16, hidden_dim=32, num_layers=2, batch_size=16, vocab=300, max_len=40)
@@ -228,7 +228,7 @@ def main():
             side.timed(i)
         print(with_compile, maxrss_mb())
         return
-    precisions = list(PRECISIONS) if args.precision == "both" else [args.precision]
+    precisions = list(COMPUTE_PRECISIONS) if args.precision == "both" else [args.precision]
     print(f"data: {source}; model: LSTM {args.num_layers}x{args.hidden_dim}, embedding {args.embedding_dim}, "
           f"vocab {v}, batch {args.batch_size}; {os.cpu_count()} CPU cores, jax {jax.__version__} "
           f"on {jax.devices()[0].platform}; load average {os.getloadavg()[0]:.2f}")

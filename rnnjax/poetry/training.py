@@ -35,6 +35,7 @@ from rnnjax.poetry import checkpoint as ckpt
 from rnnjax.poetry.config import TrainConfig
 from rnnjax.poetry.errors import UserError
 from rnnjax.poetry.files import atomic_write
+from rnnjax.poetry.hardware import auto_precision
 from rnnjax.poetry.model import PoetryModel
 
 SAMPLE_MAX_LEN = 48  # the tutorial's generate() stops after 48 tokens
@@ -560,11 +561,15 @@ class _Run:
         _drop_lines_after(self.ckpt_dir / METRICS_NAME, self.step, _metrics_step)
         _drop_lines_after(self.ckpt_dir / SAMPLES_NAME, self.step, _sample_step)
 
-    def announce(self) -> None:
+    def announce(self, auto_precision: bool = False) -> None:
         cfg, data, devices, b = self.cfg, self.data, self.state.devices, self.batcher
+        how = {"float32": "float32", "bfloat16": "bfloat16 mixed precision"}[cfg.precision]
+        if auto_precision:
+            how += (" (--precision auto: the hardware multiplies bfloat16)" if cfg.precision == "bfloat16" else
+                    " (--precision auto: no native bfloat16 here)")
         self.say(f"{cfg.cell} {cfg.num_layers}x{cfg.hidden_dim}, embedding {cfg.embedding_dim}, vocab "
                  f"{len(data.vocab)}: {self.state.n_params:,} parameters on {len(devices)} {devices[0].platform} "
-                 f"device(s); {len(data.train):,} train / {len(data.val):,} val poems, {self.per_epoch} batches "
+                 f"device(s), {how}; {len(data.train):,} train / {len(data.val):,} val poems, {self.per_epoch} batches "
                  f"of {cfg.batch_size} per epoch in buckets {b.bucket_lengths} ({b.padding_fraction():.1%} padding)")
         if self.step:
             self.say_all(f"resuming from step {self.step} (epoch {self.step // self.per_epoch + 1}, batch "
@@ -694,6 +699,9 @@ def train(config: TrainConfig | None = None, /, *, progress: bool | None = None,
         _initialize_distributed(cfg)
     # With several processes only process 0 speaks (and writes the shared files).
     say = _silent if quiet else (lambda msg: tqdm.write(str(msg))) if jax.process_index() == 0 else _not_process_0
+    auto = cfg.precision == "auto"
+    if auto:  # resolved before anything is recorded: config.json keeps the precision that ran
+        cfg = dataclasses.replace(cfg, precision=auto_precision(jax.devices()))
     t_call = time.monotonic()
     data = _load_data(cfg, say)
     ckpt_dir = Path(cfg.checkpoint_dir or f"checkpoints/{cfg.cell}")
@@ -714,7 +722,7 @@ def train(config: TrainConfig | None = None, /, *, progress: bool | None = None,
             say("changed since the last run: " + ", ".join(f"{c['flag']} {c['from']!r} -> {c['to']!r}"
                                                             for c in changes) + f" (from step {run.step})")
     ckpt.save_config(ckpt_dir, record)
-    run.announce()
+    run.announce(auto)
     if run.step >= run.total:
         say(f"already at step {run.step} of {run.total}: nothing to train")
         run.mngr.close()

@@ -13,6 +13,7 @@ from rnnjax.poetry.cli import config_from_args
 from rnnjax.poetry.config import TrainConfig
 from rnnjax.poetry.errors import UserError
 from rnnjax.poetry.generation import Generator, Sampling
+from rnnjax.poetry.hardware import auto_precision, cpu_flags, native_bfloat16
 from rnnjax.poetry.training import train
 
 TINY = dict(embedding_dim=8, hidden_dim=16, batch_size=8, sample_every=0, log_every=1, quiet=True,
@@ -70,11 +71,61 @@ def test_resume_in_float32_from_a_bfloat16_run(tiny_corpus, tmp_path):
 
 def test_precision_flag(capsys):
     assert config_from_args(TrainConfig, train_cli.parse_args(["--precision", "bfloat16"])).precision == "bfloat16"
-    assert config_from_args(TrainConfig, train_cli.parse_args([])).precision == "float32"
+    assert config_from_args(TrainConfig, train_cli.parse_args([])).precision == "auto"
     with pytest.raises(SystemExit):
         train_cli.parse_args(["--precision", "float16"])
     with pytest.raises(UserError, match="--precision"):
         TrainConfig(precision="fp8")
+
+
+class _Gpu:  # what auto_precision reads of a jax device
+    platform = "gpu"
+
+    def __init__(self, capability):
+        self.compute_capability = capability
+
+
+def test_auto_precision_is_bfloat16_only_on_native_bfloat16(tmp_path):
+    """--precision auto: bfloat16 on the hardware that multiplies it (AVX512-BF16 or AMX on x86, a
+    GPU of compute capability 8.0 on, a TPU), float32 on anything else or unknown, and float32 if
+    any device of the run lacks it (every device runs the same program)."""
+    avx2 = "fpu sse2 avx avx2 fma avx512f"  # AVX-512 without BF16 (Skylake-X, Zen 3 has none at all)
+    assert auto_precision(["cpu"], cpu_flags_text=avx2) == "float32"
+    assert auto_precision(["cpu"], cpu_flags_text=avx2 + " avx512_bf16") == "bfloat16"  # Zen 4, Cooper Lake
+    assert auto_precision(["cpu"], cpu_flags_text=avx2 + " amx_bf16 amx_tile") == "bfloat16"
+    assert auto_precision(["cpu"], cpu_flags_text="") == "float32"  # /proc/cpuinfo unreadable
+    assert auto_precision([_Gpu("8.0"), _Gpu("9.0")]) == "bfloat16"
+    assert auto_precision([_Gpu("7.5")]) == "float32"  # Turing: no bfloat16 tensor cores
+    assert auto_precision([_Gpu(None)]) == "float32"
+    assert auto_precision(["tpu", _Gpu("7.0")]) == "float32"
+    assert auto_precision(["tpu"]) == "bfloat16"
+    assert auto_precision([]) == "float32"
+    assert not native_bfloat16("metal")
+    # The flags line of x86 and the Features line of ARM; a missing file is no flags.
+    (tmp_path / "x86").write_text("processor\t: 0\nflags\t\t: fpu avx512_bf16 amx_bf16\n\n")
+    (tmp_path / "arm").write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert cpu_flags(tmp_path / "x86") == {"fpu", "avx512_bf16", "amx_bf16"}
+    assert cpu_flags(tmp_path / "arm") == {"fp", "asimd", "bf16"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_auto_precision_run_records_what_ran(tiny_corpus, tmp_path, monkeypatch, capsys):
+    """A run with the default --precision auto trains in the precision the machine gets, says it,
+    and config.json records that precision (not "auto"): a resume on the same machine changes
+    nothing, and one on another machine is a said and recorded change, as with the flag."""
+    import rnnjax.poetry.training as training
+
+    for choice in ("bfloat16", "float32"):
+        monkeypatch.setattr(training, "auto_precision", lambda devices, choice=choice: choice)
+        folder = tmp_path / "run"
+        train(data=tiny_corpus, checkpoint_dir=folder, max_steps=4 if choice == "bfloat16" else 6, save_every=0,
+              **{**TINY, "quiet": False})
+        config = json.loads((folder / "config.json").read_text())
+        assert config["flags"]["precision"] == choice
+        out = capsys.readouterr().out
+        assert (f"{choice} mixed precision (--precision auto" if choice == "bfloat16"
+                else "float32 (--precision auto: no native bfloat16 here)") in out
+    assert config["flag_changes"] == [{"step": 4, "flag": "precision", "from": "bfloat16", "to": "float32"}]
 
 
 def test_generator_casts_the_output_layer_once(tiny_checkpoint):
