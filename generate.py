@@ -54,8 +54,8 @@ def _main(argv) -> None:
 
     c.enable_compile_cache()  # before anything compiles: a warm start loads the programs
     from rnnjax.poetry.forms import FORM_CHOICES
-    from rnnjax.poetry.generation import (MAX_NUM, RHYME_MODES, Generator, check_max_len, check_rhyme_flags,
-                                          choose_checkpoint)
+    from rnnjax.poetry.generation import MAX_NUM, RHYME_MODES, Generator, check_max_len, check_rhyme_flags
+    from rnnjax.poetry.model_choice import choose_checkpoint
 
     p = c.ArgumentParser(description="Write a classical Chinese poem.", allow_abbrev=False)
     p.add_argument("--prefix", default="", help="the poem begins with this text; a line break ends a line")

@@ -15,9 +15,9 @@ from rnnjax.poetry import forms
 from rnnjax.poetry.config import flag_name
 from rnnjax.poetry.decoding import CANDIDATES
 from rnnjax.poetry.errors import UserError
-from rnnjax.poetry.generation import (DEFAULT_MAX_LEN, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
-                                      MAX_BEST_OF, MAX_MAX_LEN, MIN_MAX_LEN, PRECISIONS, SHIPPED_CHECKPOINT,
-                                      TRAINED_CHECKPOINT, Sampling, choose_checkpoint)
+from rnnjax.poetry.generation import (DEFAULT_MAX_LEN, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_BEST_OF,
+                                      MAX_MAX_LEN, MIN_MAX_LEN, PRECISIONS, Sampling)
+from rnnjax.poetry.model_choice import SHIPPED_CHECKPOINT, TRAINED_CHECKPOINT, choose_checkpoint
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -373,8 +373,8 @@ def test_cli_corrupt_checkpoint_and_default(ckpt, tmp_path, capsys, monkeypatch)
     monkeypatch.chdir(tmp_path)
     # No default at all: neither a training folder here nor a shipped model (the repository's is found
     # from any directory, so it is pointed elsewhere).
-    monkeypatch.setattr("rnnjax.poetry.generation.REPO_ROOT", tmp_path)
-    monkeypatch.setattr("rnnjax.poetry.generation.SHIPPED_CHECKPOINT", tmp_path / "nothing")
+    monkeypatch.setattr("rnnjax.poetry.model_choice.REPO_ROOT", tmp_path)
+    monkeypatch.setattr("rnnjax.poetry.model_choice.SHIPPED_CHECKPOINT", tmp_path / "nothing")
     for args, match in ((["--checkpoint", str(bad)], "corrupt"), ([], "--checkpoint")):
         with pytest.raises(SystemExit) as e:
             _generate_main()(args)

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 from rnnjax.poetry import checkpoint, forms
 from rnnjax.poetry import generation as g
+from rnnjax.poetry import model_choice
 from rnnjax.poetry.data import Vocab
 from rnnjax.poetry.model import PoetryModel
 
@@ -224,9 +225,9 @@ def defaults(tiny_checkpoint, tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    monkeypatch.setattr(g, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(model_choice, "REPO_ROOT", tmp_path / "repo")
     shipped = tmp_path / "repo" / "pretrained" / "tiny"
-    monkeypatch.setattr(g, "SHIPPED_CHECKPOINT", shipped)
+    monkeypatch.setattr(model_choice, "SHIPPED_CHECKPOINT", shipped)
     model, _, config = checkpoint.load_model(tiny_checkpoint)
     checkpoint.export_model(shipped, model, config)
     record = json.loads((shipped / "config.json").read_text(encoding="utf-8"))
@@ -246,7 +247,7 @@ def test_default_skips_a_run_with_no_saved_step(defaults, tiny_checkpoint, cli):
     shutil.copy(tiny_checkpoint / "config.json", trained / "config.json")  # killed before its first save
     code, out, err = cli(["--prefix", "春"], checkpoint_dir=None)
     assert code == 0, err
-    assert f"checkpoint: {g.SHIPPED_CHECKPOINT} (step 7, validation perplexity {math.exp(5):.1f})" in err
+    assert f"checkpoint: {model_choice.SHIPPED_CHECKPOINT} (step 7, validation perplexity {math.exp(5):.1f})" in err
     assert "skipped checkpoints/lstm: it holds no saved step yet" in err
 
 
@@ -255,15 +256,15 @@ def test_default_is_the_better_recorded_perplexity(defaults, tiny_checkpoint):
     step, loss = checkpoint.recorded_quality("checkpoints/lstm")
     assert step == 2 and loss is not None
     defaults(loss - 1)  # the shipped model is better: a short run must not replace it
-    choice = g.choose_checkpoint()
-    assert choice.path == g.SHIPPED_CHECKPOINT
+    choice = model_choice.choose_checkpoint()
+    assert choice.path == model_choice.SHIPPED_CHECKPOINT
     assert choice.notes == (f"note: not using checkpoints/lstm (step 2, validation perplexity {math.exp(loss):.1f}): "
                             "--checkpoint checkpoints/lstm uses it",)
     defaults(loss + 1)  # the training run is better: it wins, and the note names the shipped one
-    choice = g.choose_checkpoint()
-    assert choice.path == Path("checkpoints/lstm") and f"--checkpoint {g.SHIPPED_CHECKPOINT} uses it" in choice.notes[0]
+    choice = model_choice.choose_checkpoint()
+    assert choice.path == Path("checkpoints/lstm") and f"--checkpoint {model_choice.SHIPPED_CHECKPOINT} uses it" in choice.notes[0]
     defaults(None)  # nothing recorded for one: the one with a measured perplexity wins
-    assert g.choose_checkpoint().path == Path("checkpoints/lstm")
+    assert model_choice.choose_checkpoint().path == Path("checkpoints/lstm")
 
 
 def test_load_model_initialises_no_random_weights(tiny_checkpoint, monkeypatch):
