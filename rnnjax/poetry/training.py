@@ -14,7 +14,6 @@ import collections
 import dataclasses
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -32,16 +31,13 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from rnnjax.poetry import checkpoint as ckpt
+from rnnjax.poetry import distributed, run_log
 from rnnjax.poetry.config import TrainConfig
 from rnnjax.poetry.errors import UserError
-from rnnjax.poetry.files import atomic_write
 from rnnjax.poetry.hardware import auto_precision
 from rnnjax.poetry.model import PoetryModel
 
 SAMPLE_MAX_LEN = 48  # the tutorial's generate() stops after 48 tokens
-METRICS_NAME = "metrics.jsonl"
-SAMPLES_NAME = "samples.txt"
-PLOT_NAME = "loss.png"
 
 # Flags whose change makes an existing checkpoint unusable (shape, data, data order).
 _MUST_MATCH = ("cell", "vocab_size", "embedding_dim", "hidden_dim", "num_layers", "data_fingerprint")
@@ -210,70 +206,6 @@ class _StopRequest:
             signal.signal(s, h)
 
 
-def _append_line(path: Path, text: str) -> None:
-    if jax.process_index() == 0:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(text + "\n")
-
-
-def _metrics_step(line: str) -> int | None:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def _sample_step(line: str) -> int | None:
-    head = line.split(":", 1)[0]
-    return int(head) if head.isdigit() else None
-
-
-def _drop_lines_after(path: Path, step: int, step_of) -> None:
-    """Keep the lines of `path` written at or before `step` (rewritten atomically, process 0 only).
-
-    A run killed after logging step N but before saving it resumes from an earlier step and logs
-    N again: without this, metrics.jsonl and samples.txt would hold N twice. A line cut short by the
-    kill (no newline at its end) goes too.
-    """
-    if jax.process_index() != 0 or not path.is_file():
-        return
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
-    kept = [line for line in lines if line.endswith("\n") and (s := step_of(line)) is not None and s <= step]
-    if len(kept) != len(lines):
-        atomic_write(path, lambda f: f.write("".join(kept).encode("utf-8")))
-
-
-def plot_losses(ckpt_dir) -> Path | None:
-    """loss.png from metrics.jsonl (Agg canvas: no display, no global pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(ckpt_dir) / METRICS_NAME
-    if not path.exists() or jax.process_index() != 0:
-        return None
-    by_step = {}  # one point per step, the last logged (files from before duplicates were dropped)
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if _metrics_step(line) is not None:
-            row = json.loads(line)
-            by_step[row["step"]] = row
-    rows = [by_step[k] for k in sorted(by_step)]
-    train_pts = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
-    val_pts = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
-    fig = Figure(figsize=(7, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if train_pts:
-        ax.plot(*zip(*train_pts), label="train loss")
-    if val_pts:
-        ax.plot(*zip(*val_pts), "o-", label="validation loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats / token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return atomic_write(Path(ckpt_dir) / PLOT_NAME, lambda f: fig.savefig(f, format="png", dpi=100))
-
-
 def _flag_changes(old: dict, new: dict, step: int) -> list[dict]:
     """The `_MAY_CHANGE` flags whose value differs from the run that saved the checkpoint."""
     old_flags = old.get("flags") or {}
@@ -293,43 +225,6 @@ def _mismatches(old: dict, new: dict) -> list[str]:
 
 
 # ---- set-up --------------------------------------------------------------------------------------
-
-
-_ENV = {"coordinator": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
-        "process_id": "JAX_PROCESS_ID"}
-
-
-def distributed_settings(cfg: TrainConfig, environ=os.environ) -> dict:
-    """`jax.distributed.initialize` keywords: each flag, else its environment variable, else left to
-    jax (which detects Slurm, Open MPI, Kubernetes and Cloud TPU on its own)."""
-    kwargs = {}
-    for field, var in _ENV.items():
-        value = getattr(cfg, field)
-        if value is None and environ.get(var, "").strip():
-            value = environ[var].strip()
-            if field != "coordinator":
-                try:
-                    value = int(value)
-                except ValueError:
-                    raise UserError(f"{var}={environ[var]!r} is not an integer") from None
-        if value is not None:
-            kwargs["coordinator_address" if field == "coordinator" else field] = value
-    n, i = kwargs.get("num_processes"), kwargs.get("process_id")
-    if n is not None and n < 1:
-        raise UserError(f"--num-processes must be at least 1, got {n}")
-    if i is not None and (i < 0 or (n is not None and i >= n)):
-        raise UserError(f"--process-id must be in [0, {n if n is not None else 'num-processes'}), got {i}")
-    return kwargs
-
-
-def _initialize_distributed(cfg: TrainConfig) -> None:
-    kwargs = distributed_settings(cfg)
-    try:
-        jax.distributed.initialize(**kwargs)
-    except (RuntimeError, ValueError) as e:
-        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "settings detected from the cluster"
-        raise UserError(f"--distributed: jax.distributed.initialize({shown}) failed: "
-                        f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -558,8 +453,8 @@ class _Run:
 
     def drop_later_logs(self) -> None:
         """metrics.jsonl and samples.txt as they were at the step training continues from."""
-        _drop_lines_after(self.ckpt_dir / METRICS_NAME, self.step, _metrics_step)
-        _drop_lines_after(self.ckpt_dir / SAMPLES_NAME, self.step, _sample_step)
+        run_log.drop_lines_after(self.ckpt_dir / run_log.METRICS_NAME, self.step, run_log.metrics_step)
+        run_log.drop_lines_after(self.ckpt_dir / run_log.SAMPLES_NAME, self.step, run_log.sample_step)
 
     def announce(self, auto_precision: bool = False) -> None:
         cfg, data, devices, b = self.cfg, self.data, self.state.devices, self.batcher
@@ -641,7 +536,7 @@ class _Run:
 
     def log(self, epoch: int, index: int, val_loss: float | None) -> None:
         loss, rate = self.meter.take_window()
-        _append_line(self.ckpt_dir / METRICS_NAME, json.dumps({
+        run_log.append_line(self.ckpt_dir / run_log.METRICS_NAME, json.dumps({
             "step": self.step, "epoch": epoch + (index + 1) / self.per_epoch, "loss": loss, "val_loss": val_loss,
             "val_ppl": math.exp(min(val_loss, 700)) if val_loss is not None else None,
             "tokens_per_s": rate, "lr": self.lr_at(self.step - 1), "wall_time": round(self.wall_time(), 3)}))
@@ -652,7 +547,7 @@ class _Run:
 
     def sample(self) -> str:
         text = self.state.sample(self.data.vocab, self.cfg.sample_prefix)
-        _append_line(self.ckpt_dir / SAMPLES_NAME, f"{self.step}:{text}")
+        run_log.append_line(self.ckpt_dir / run_log.SAMPLES_NAME, f"{self.step}:{text}")
         return text
 
     def save(self, val_loss: float | None) -> None:
@@ -673,7 +568,7 @@ class _Run:
         result.step = self.step
         result.tokens_per_s = self.meter.rate()
         result.compiles = {k: TRACES[k] - traces_at_start.get(k, 0) for k in ("train", "eval", "decode")}
-        plot_losses(self.ckpt_dir)
+        run_log.plot_losses(self.ckpt_dir)
         how = {"done": "finished", "time_budget": "time budget reached",
                "signal": f"stopped by {signal.Signals(result.signum).name}" if result.signum else ""}[result.stopped]
         self.say_all(f"{how} at step {self.step}; checkpoint in {self.ckpt_dir}"
@@ -695,8 +590,8 @@ def train(config: TrainConfig | None = None, /, *, progress: bool | None = None,
     tqdm bar (None: only on a terminal); `quiet`: no messages.
     """
     cfg = dataclasses.replace(config or TrainConfig(), **flags)  # TrainConfig checks every flag
-    if cfg.distributed or any(getattr(cfg, k) is not None for k in _ENV):
-        _initialize_distributed(cfg)
+    if cfg.distributed or any(getattr(cfg, k) is not None for k in distributed.ENV):
+        distributed.initialize(cfg)
     # With several processes only process 0 speaks (and writes the shared files).
     say = _silent if quiet else (lambda msg: tqdm.write(str(msg))) if jax.process_index() == 0 else _not_process_0
     auto = cfg.precision == "auto"
@@ -726,7 +621,7 @@ def train(config: TrainConfig | None = None, /, *, progress: bool | None = None,
     if run.step >= run.total:
         say(f"already at step {run.step} of {run.total}: nothing to train")
         run.mngr.close()
-        plot_losses(ckpt_dir)
+        run_log.plot_losses(ckpt_dir)
         return TrainResult(run.step, "done", checkpoint_dir=str(ckpt_dir))
 
     run.open_bar(progress)

@@ -16,7 +16,7 @@ import pytest
 
 import train as train_cli
 from rnnjax.poetry import checkpoint as ckpt
-from rnnjax.poetry import training
+from rnnjax.poetry import distributed, run_log, training
 from rnnjax.poetry.checkpoint import DamagedCheckpoint, load_model
 from rnnjax.poetry.config import TrainConfig
 from rnnjax.poetry.errors import UserError
@@ -335,7 +335,7 @@ def test_plot_shows_each_step_once(tmp_path, monkeypatch):
     from matplotlib.axes import Axes
     original = Axes.plot
     monkeypatch.setattr(Axes, "plot", lambda self, *a, **k: plotted.append(a[0]) or original(self, *a, **k))
-    training.plot_losses(tmp_path)
+    run_log.plot_losses(tmp_path)
     assert list(plotted[0]) == [1, 2, 3, 4]
 
 
@@ -477,13 +477,13 @@ def test_data_folder_and_missing_npm_messages(tmp_path, monkeypatch):
 def test_only_process_0_writes_shared_files(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt.jax, "process_index", lambda: 1)
     ckpt.save_config(tmp_path, {"cell": "lstm"})
-    training._append_line(tmp_path / "metrics.jsonl", "{}")
+    run_log.append_line(tmp_path / "metrics.jsonl", "{}")
     ckpt.write_file_checksums(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_distributed_settings_from_flags_and_environment():
-    settings = training.distributed_settings
+    settings = distributed.distributed_settings
     assert settings(TrainConfig(), {}) == {}  # jax detects the cluster
     env = {"JAX_COORDINATOR_ADDRESS": "head:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
     assert settings(TrainConfig(), env) == {"coordinator_address": "head:1234", "num_processes": 4, "process_id": 3}
