@@ -13,12 +13,10 @@ as for ``nnx.Dropout``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from rnnjax import recurrent, torch_compat
@@ -27,7 +25,7 @@ from rnnjax import recurrent, torch_compat
 Hidden = Union[jax.Array, tuple[jax.Array, jax.Array]]
 
 
-class _RNNBase(nnx.Module):
+class _RNNBase(torch_compat.TorchStateDict, nnx.Module):
     """What RNN, LSTM and GRU share: settings, torch's initialisation, the call, state-dict interop.
 
     Calling the module is ``recurrent.apply(module.config, module.params_dict(), x, hx, ...)``.
@@ -91,14 +89,6 @@ class _RNNBase(nnx.Module):
         return recurrent.apply(self.config, self.params_dict(), x, hx, lengths=lengths,
                                dropout_key=key, unroll=self.unroll)
 
-    def load_torch_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Load a torch ``state_dict`` (tensors or arrays); strict, and all-or-nothing."""
-        torch_compat.load_state_dict(self._params(), state_dict, owner=type(self).__name__)
-
-    def torch_state_dict(self) -> dict[str, np.ndarray]:
-        """Parameters as NumPy arrays with torch's keys and shapes (``torch.nn.X.load_state_dict`` takes it
-        after ``torch.from_numpy``)."""
-        return torch_compat.state_dict(self._params())
 
 
 class RNN(_RNNBase):

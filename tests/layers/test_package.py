@@ -108,6 +108,6 @@ def test_readme_layer_example_runs_and_matches_torch():
     exec(compile(_readme_layer_example(), "README.md (layers example)", "exec"), namespace)
     # The example's claim: rnnjax's LSTM equals torch's to float32 rounding.
     np.testing.assert_allclose(namespace["out_j"], namespace["out_t"].detach().numpy(), rtol=1e-5, atol=1e-6)
-    for name in ("h", "c"):
+    for name in ("h", "c", "h1", "c1"):
         np.testing.assert_allclose(namespace[f"{name}_j"], namespace[f"{name}_t"].detach().numpy(),
                                    rtol=1e-5, atol=1e-6)
