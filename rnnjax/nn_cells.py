@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rnnjax import cells, torch_compat
+from rnnjax import cells, recurrent, torch_compat
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell"]
 
@@ -71,10 +71,13 @@ class _RNNCellBase(torch_compat.TorchStateDict, nnx.Module):
         and the states back in the input's batching. ``states``: the given ``h`` (and ``c``) or None."""
         name = type(self).__name__
         x = jnp.asarray(x)
+        recurrent.check_floating(name, "input", x)
         if x.ndim not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {x.ndim}D instead")
         if states is not None:
             states = tuple(jnp.asarray(h) for h in states)
+            for label, h in zip(labels, states):
+                recurrent.check_floating(name, "hx" if label == "hidden" else label, h)
             for label, h in zip(labels, states):
                 if h.ndim not in (1, 2):
                     raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got {h.ndim}D instead")

@@ -153,6 +153,15 @@ def scan_direction(mode: str, p: Mapping[str, jax.Array], x: jax.Array, carry: A
     return ys, carry
 
 
+def check_floating(owner: str, name: str, a: jax.Array) -> None:
+    """torch refuses an input or state whose dtype differs from the weights'. Here a floating dtype
+    may differ (bfloat16 input is mixed precision, see `apply`), but an integer or boolean one would
+    have the weights cast to it and give integer nonsense, so it is refused."""
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        raise ValueError(f"{owner} {name} dtype ({a.dtype}) is not a floating-point type: convert it, "
+                         f"e.g. {name}.astype(jnp.float32)")
+
+
 def _shape_str(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(int(s)) for s in shape) + ")"
 
@@ -223,6 +232,7 @@ def apply(cfg: Config, params: Mapping[str, jax.Array], x: jax.Array,
     (6, 2, 4)
     """
     x = jnp.asarray(x)
+    check_floating(cfg.name, "input", x)
     if x.ndim not in (2, 3):
         raise ValueError(f"{cfg.name}: Expected input to be 2D or 3D, got {x.ndim}D instead")
     if x.shape[-1] != cfg.input_size:
@@ -255,6 +265,9 @@ def apply(cfg: Config, params: Mapping[str, jax.Array], x: jax.Array,
             if isinstance(hx, (tuple, list)):
                 raise ValueError(f"{cfg.name} expects hx as a single array h_0, not a tuple")
             h0, c0 = jnp.asarray(hx), None
+        for name, h in (("hx[0]" if is_lstm else "hx", h0), ("hx[1]", c0)):
+            if h is not None:
+                check_floating(cfg.name, name, h)
         if not batched:
             for name, h in (("hx[0]" if is_lstm else "hx", h0), ("hx[1]", c0)):
                 if h is not None and h.ndim != 2:

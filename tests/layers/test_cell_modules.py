@@ -180,6 +180,10 @@ def test_errors_torch_words_badly_are_plain_here():
         gru(np.ones((3, 10), np.float32), np.ones(20, np.float32))
     with pytest.raises(ValueError, match="GRUCell expects hx as a single array h_0, not a tuple"):
         gru(np.ones((3, 10), np.float32), (np.ones((3, 20), np.float32),))
+    with pytest.raises(ValueError, match=r"GRUCell input dtype \(int32\) is not a floating-point type"):
+        gru(np.ones((3, 10), np.int32))  # torch: "mat1 and mat2 must have the same dtype"
+    with pytest.raises(ValueError, match=r"LSTMCell hx\[1\] dtype \(int32\) is not a floating-point type"):
+        lstm(np.ones((3, 10), np.float32), (np.ones((3, 20), np.float32), np.ones((3, 20), np.int32)))
     with pytest.raises(ValueError, match="Unknown nonlinearity 'gelu'. Select from 'tanh' or 'relu'."):
         rnnjax.RNNCell(10, 20, nonlinearity="gelu", rngs=nnx.Rngs(0))
     for size in (0, -1, 2.5, True):

@@ -134,6 +134,13 @@ def test_pure_cell_matches_layer_step():
         (lambda: rnnjax.RNN(4, 3, nonlinearity="sigmoid", rngs=R), "Unknown nonlinearity 'sigmoid'"),
         (lambda: rnnjax.RNN(0, 3, rngs=R), "input_size must be a positive integer"),
         (lambda: rnnjax.RNN(4, 3, num_layers=0, rngs=R), "num_layers must be a positive integer"),
+        # integer input would have the weights cast to integers (torch refuses it too)
+        (lambda: rnnjax.LSTM(4, 3, rngs=R)(jnp.ones((2, 3, 4), jnp.int32)),
+         r"LSTM input dtype \(int32\) is not a floating-point type: convert it, e\.g\. input\.astype"),
+        (lambda: rnnjax.GRU(4, 3, rngs=R)(jnp.ones((2, 3, 4)), jnp.ones((1, 3, 3), bool)),
+         r"GRU hx dtype \(bool\) is not a floating-point type"),
+        (lambda: rnnjax.LSTM(4, 3, rngs=R)(jnp.ones((2, 3, 4)), (jnp.ones((1, 3, 3)), jnp.ones((1, 3, 3), int))),
+         r"LSTM hx\[1\] dtype \(int32\) is not a floating-point type"),
     ],
 )
 def test_bad_input_names_the_argument(call, match):
