@@ -4,8 +4,9 @@ bfloat16 mixed precision halves the bytes every matmul reads, and where the hard
 bfloat16 natively it is the faster step at the same quality: 2.05-2.13x float32's real tokens/s on
 an Intel Xeon with AVX512-BF16 and AMX, 1.53-1.63x on an AMD EPYC with AVX512-BF16, and validation
 perplexity after 400 steps within 2% of float32's over six seeds (README, Performance). Without
-native bfloat16 the operands are widened to float32 in software and nothing is gained, so `auto`
-keeps float32 there. nanoGPT chooses its dtype the same way.
+native bfloat16 every product widens its operands in software first; no such machine could be
+measured here, so `auto` keeps float32 there, the default before `auto`. nanoGPT chooses its dtype
+the same way.
 
     >>> from rnnjax.poetry.hardware import auto_precision
     >>> auto_precision(["cpu"], cpu_flags_text="fpu avx2 avx512f avx512_bf16")
