@@ -64,13 +64,16 @@ from flax import nnx
 from rnnjax import cells, recurrent
 from rnnjax.poetry import forms, prosody, topk
 
-__all__ = ["decode", "stack_step", "input_table", "candidate_keys", "keep_best", "CANDIDATES", "CANDIDATE_TAG",
+__all__ = ["decode", "stack_step", "input_table", "candidate_keys", "keep_best", "invert_mass", "CANDIDATES",
+           "CANDIDATE_TAG", "DRAW_BLOCK",
            "EXACT_CANDIDATES",
            "CHAR_CAP", "CAP_FORMS", "CAP_SLOTS", "GO_ON", "CLOSE", "END",
            "TEMPLATE_RHYME5", "TEMPLATE_RHYME7", "TEMPLATE_NONE"]
 
 # --top-k / --top-p choose among this many likeliest allowed tokens (see `_choose`).
 CANDIDATES = 64
+# Sampling from the whole distribution sums its mass in blocks of this many tokens (see `_draw`).
+DRAW_BLOCK = 128
 # Greedy in bfloat16/float16 re-scores this many best candidates in float32 (see `_exact_best`).
 EXACT_CANDIDATES = 3
 # --best-of: candidate 0 draws with the poem's own key (so it is the plain sample); candidate j > 0
@@ -123,7 +126,7 @@ def _choose(step, logits, temperature, top_k, top_p, poem_keys, mode):
         return _argmax(logits)
     keys = jax.vmap(jax.random.fold_in, (0, None))(poem_keys, step)
     if mode == "full":
-        return jax.vmap(jax.random.categorical)(keys, logits / temperature).astype(jnp.int32)
+        return _draw(keys, logits / temperature)
     n = min(CANDIDATES, logits.shape[-1])
     vals, idx = topk.top_k(logits, n)  # sorted, descending
     vals = vals / temperature
@@ -133,6 +136,39 @@ def _choose(step, logits, temperature, top_k, top_p, poem_keys, mode):
     keep &= (jnp.cumsum(probs, axis=-1) - probs) < top_p
     pick = jax.vmap(jax.random.categorical)(keys, jnp.where(keep, vals, -jnp.inf))
     return jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+def _draw(keys, scaled, block=DRAW_BLOCK):
+    """One token per row from softmax(`scaled`) (B, V), by inverting the cumulative mass at one
+    uniform number per row: the first token whose cumulative mass reaches u times the total.
+
+    Why not `jax.random.categorical`: its Gumbel-max draws threefry noise for every token of every
+    row, 13 ms at 128 x 8,293 on a CPU where this takes 0.9 ms; it made sampling from the whole
+    distribution (--top-p 1) 5.8x slower than --top-p 0.9. The cumulative sum is taken in two
+    levels, over blocks of `block` tokens and then inside the chosen block (a flat `cumsum` over the
+    vocabulary: 2.3 ms). A token of no mass (masked, -inf, or padding) is never drawn (see
+    `invert_mass`)."""
+    m = jnp.max(scaled, axis=-1, keepdims=True)
+    mass = jnp.exp(scaled - jnp.where(jnp.isfinite(m), m, 0.0))
+    return invert_mass(mass, 1.0 - jax.vmap(jax.random.uniform)(keys), block)
+
+
+def invert_mass(e, u, block=DRAW_BLOCK):
+    """`_draw`'s inversion: per row of the masses `e` (B, V) (>= 0, not all 0), the first token
+    whose cumulative mass reaches `u` (B,) in (0, 1] times the row's total; never a token of zero mass."""
+    b, v = e.shape
+    n = -(-v // block)
+    blocks = jnp.pad(e, ((0, 0), (0, n * block - v))).reshape(b, n, block)
+    upto = jnp.cumsum(blocks.sum(axis=-1), axis=-1)  # (B, n): mass up to the end of each block
+    target = u * upto[:, -1]
+    # Clipped to the blocks and tokens with mass, where rounding could step past them: u times the
+    # total can underflow to 0 before the first, and the block's own sum can fall short at the last.
+    k = jnp.clip(jnp.sum(upto < target[:, None], axis=-1), jnp.argmax(upto > 0, axis=-1), n - 1)
+    before = jnp.where(k > 0, jnp.take_along_axis(upto, jnp.maximum(k - 1, 0)[:, None], axis=1)[:, 0], 0.0)
+    inner = jnp.take_along_axis(blocks, k[:, None, None], axis=1)[:, 0]  # (B, block)
+    first, last = jnp.argmax(inner > 0, axis=-1), block - 1 - jnp.argmax(inner[:, ::-1] > 0, axis=-1)
+    j = jnp.clip(jnp.sum(jnp.cumsum(inner, axis=-1) < (target - before)[:, None], axis=-1), first, last)
+    return (k * block + j).astype(jnp.int32)
 
 
 def _rhyme_bias(tab, rhyme_groups, used, at_rhyme, logits):
