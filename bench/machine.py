@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rnnjax.poetry.hardware import cpu_flags
+
 __all__ = ["describe"]
 
 # The instruction-set extensions that decide which of XLA:CPU's and oneDNN's kernels run.
@@ -35,7 +37,7 @@ def describe() -> str:
     except OSError:
         return f"{os.cpu_count()} cores"
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "CPU")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    flags = cpu_flags()
     parts = [model, f"{os.cpu_count()} cores"]
     if (l2 := _cache(2)) is not None:
         parts.append(f"L2 {l2} a core")

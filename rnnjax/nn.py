@@ -13,10 +13,12 @@ as for ``nnx.Dropout``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from typing import Any, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from rnnjax import recurrent, torch_compat
@@ -25,7 +27,40 @@ from rnnjax import recurrent, torch_compat
 Hidden = Union[jax.Array, tuple[jax.Array, jax.Array]]
 
 
-class _RNNBase(torch_compat.TorchStateDict, nnx.Module):
+class TorchParams:
+    """Parameters named, shaped and initialised as torch's, for the layers and the cells: each is an
+    ``nnx.Param`` attribute under its torch name (``_param_names``), so the state dict's interop is a
+    strict copy (:mod:`rnnjax.torch_compat`)."""
+
+    def _param_names(self) -> Iterable[str]:
+        raise NotImplementedError
+
+    def _init_params(self, shapes: Mapping[str, tuple[int, ...]], hidden_size: int, param_dtype: Any,
+                     rngs: nnx.Rngs) -> None:
+        # torch: every weight and bias ~ U(-1/sqrt(hidden), 1/sqrt(hidden)).
+        bound = 1.0 / math.sqrt(hidden_size)
+        for name, shape in shapes.items():
+            setattr(self, name, nnx.Param(jax.random.uniform(rngs.params(), shape, param_dtype, -bound, bound)))
+
+    def _params(self) -> dict[str, nnx.Param]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def params_dict(self) -> dict[str, jax.Array]:
+        """The parameters as a plain dict of arrays by torch's names, for the pure functions
+        (:func:`rnnjax.recurrent.apply`, :mod:`rnnjax.cells`)."""
+        return {name: var.get_value() for name, var in self._params().items()}
+
+    def load_torch_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load a torch ``state_dict`` (tensors or arrays); strict, and all-or-nothing."""
+        torch_compat.load_state_dict(self._params(), state_dict, owner=type(self).__name__)
+
+    def torch_state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters as NumPy arrays with torch's keys and shapes (``torch.nn.X.load_state_dict`` takes it
+        after ``torch.from_numpy``)."""
+        return torch_compat.state_dict(self._params())
+
+
+class _RNNBase(TorchParams, nnx.Module):
     """What RNN, LSTM and GRU share: settings, torch's initialisation, the call, state-dict interop.
 
     Calling the module is ``recurrent.apply(module.config, module.params_dict(), x, hx, ...)``.
@@ -49,11 +84,7 @@ class _RNNBase(torch_compat.TorchStateDict, nnx.Module):
         recurrent.check_config(self.config)
         self.unroll = unroll
         self.deterministic = False
-        # torch: every weight and bias ~ U(-1/sqrt(hidden), 1/sqrt(hidden)).
-        bound = 1.0 / math.sqrt(hidden_size)
-        for name, shape in recurrent.param_shapes(self.config).items():
-            value = jax.random.uniform(rngs.params(), shape, param_dtype, -bound, bound)
-            setattr(self, name, nnx.Param(value))
+        self._init_params(recurrent.param_shapes(self.config), hidden_size, param_dtype, rngs)
         needs_key = self.dropout > 0 and num_layers > 1
         self.rngs = rngs["dropout"].fork() if needs_key else nnx.data(None)
 
@@ -63,12 +94,8 @@ class _RNNBase(torch_compat.TorchStateDict, nnx.Module):
         return recurrent.Config(self.mode, self.input_size, self.hidden_size, self.num_layers, self.bias,
                                 self.batch_first, self.dropout, self.bidirectional, self.proj_size)
 
-    def _params(self) -> dict[str, nnx.Param]:
-        return {name: getattr(self, name) for name in recurrent.param_shapes(self.config)}
-
-    def params_dict(self) -> dict[str, jax.Array]:
-        """The parameters as a plain dict of arrays, for :func:`rnnjax.recurrent.apply`."""
-        return {name: var.get_value() for name, var in self._params().items()}
+    def _param_names(self) -> Iterable[str]:
+        return recurrent.param_shapes(self.config)
 
     def __call__(self, x: jax.Array, hx: Hidden | None = None, *, lengths: jax.Array | None = None,
                  deterministic: bool | None = None,

@@ -11,54 +11,38 @@ A time loop over a cell is ``jax.lax.scan`` (or ``nnx.scan``); for a whole seque
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Union
+from collections.abc import Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from rnnjax import cells, recurrent, torch_compat
+from rnnjax import cells, recurrent
+from rnnjax.nn import TorchParams
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell"]
 
-#: ``h`` for RNNCell / GRUCell, ``(h, c)`` for LSTMCell.
-CellState = Union[jax.Array, tuple[jax.Array, jax.Array]]
 
-_CELLS = {"RNN_TANH": cells.rnn_tanh_cell, "RNN_RELU": cells.rnn_relu_cell, "LSTM": cells.lstm_cell,
-          "GRU": cells.gru_cell}
-
-
-class _RNNCellBase(torch_compat.TorchStateDict, nnx.Module):
+class _RNNCellBase(TorchParams, nnx.Module):
     """What the three cells share, as torch's ``RNNCellBase``: settings, torch's initialisation, the
     input checks and the state-dict interop. Calling the module is one step of :mod:`rnnjax.cells`."""
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, *, bias: bool, param_dtype: Any,
                  rngs: nnx.Rngs):
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        recurrent.check_size("input_size", input_size)
+        recurrent.check_size("hidden_size", hidden_size)
         self.mode = mode
         self.input_size = int(input_size)
         self.hidden_size = int(hidden_size)
         self.bias = bool(bias)
         rows = cells.GATES[mode] * self.hidden_size
-        shapes = {"weight_ih": (rows, self.input_size), "weight_hh": (rows, self.hidden_size)}
-        if self.bias:
-            shapes.update(bias_ih=(rows,), bias_hh=(rows,))
-        # torch: every weight and bias ~ U(-1/sqrt(hidden), 1/sqrt(hidden)).
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for name, shape in shapes.items():
-            setattr(self, name, nnx.Param(jax.random.uniform(rngs.params(), shape, param_dtype, -bound, bound)))
-        self._names = tuple(shapes)
+        shapes = {"weight_ih": (rows, self.input_size), "weight_hh": (rows, self.hidden_size),
+                  "bias_ih": (rows,), "bias_hh": (rows,)}
+        self._init_params({name: shapes[name] for name in self._param_names()}, self.hidden_size, param_dtype, rngs)
 
-    def _params(self) -> dict[str, nnx.Param]:
-        return {name: getattr(self, name) for name in self._names}
-
-    def params_dict(self) -> dict[str, jax.Array]:
-        """The parameters as a plain dict of arrays, for the pure cells of :mod:`rnnjax.cells`."""
-        return {name: var.get_value() for name, var in self._params().items()}
+    def _param_names(self) -> Iterable[str]:
+        return ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if self.bias else ("weight_ih", "weight_hh")
 
     def __call__(self, input: jax.Array, hx: jax.Array | None = None) -> jax.Array:
         """RNNCell's and GRUCell's call (LSTMCell's state is a pair): ``h'``, shaped as ``hx``."""
@@ -78,10 +62,8 @@ class _RNNCellBase(torch_compat.TorchStateDict, nnx.Module):
             states = tuple(jnp.asarray(h) for h in states)
             for label, h in zip(labels, states):
                 recurrent.check_floating(name, "hx" if label == "hidden" else label, h)
-            for label, h in zip(labels, states):
                 if h.ndim not in (1, 2):
                     raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got {h.ndim}D instead")
-            for label, h in zip(labels, states):
                 # torch unsqueezes the state only when the input is unbatched and then reports sizes
                 # that match neither; the plain statement is this one.
                 if h.ndim != x.ndim:
@@ -106,7 +88,8 @@ class _RNNCellBase(torch_compat.TorchStateDict, nnx.Module):
                     raise ValueError(f"hidden{k} has inconsistent hidden_size: got {h.shape[1]}, "
                                      f"expected {self.hidden_size}")
         carry = states if self.mode == "LSTM" else states[0]
-        carry, _ = _CELLS[self.mode](self.params_dict(), carry, x)
+        params = self.params_dict()
+        carry, _ = cells.STEPS[self.mode](params, carry, cells.input_projection(params, x))
         out = carry if self.mode == "LSTM" else (carry,)
         return out if batched else tuple(h[0] for h in out)
 
@@ -262,8 +245,7 @@ class LSTMCell(_RNNCellBase):
                  ) -> tuple[jax.Array, jax.Array]:
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise ValueError("LSTMCell expects hx as a tuple (h_0, c_0)")
-        h, c = self._step(input, None if hx is None else tuple(hx), ("hx[0]", "hx[1]"))
-        return h, c
+        return self._step(input, None if hx is None else tuple(hx), ("hx[0]", "hx[1]"))
 
 
 class GRUCell(_RNNCellBase):

@@ -68,14 +68,18 @@ def param_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def check_size(name: str, value: Any) -> None:
+    """A size argument (``input_size``, ``hidden_size``, ``num_layers``) is a positive integer."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def check_config(cfg: Config) -> None:
     """torch's constructor checks, with its wording."""
     if cfg.mode not in MODES:
         raise ValueError(f"Unknown mode {cfg.mode!r}; expected one of {MODES}")
     for name in ("input_size", "hidden_size", "num_layers"):
-        value = getattr(cfg, name)
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_size(name, getattr(cfg, name))
     if not isinstance(cfg.dropout, (int, float)) or isinstance(cfg.dropout, bool) or not 0 <= cfg.dropout < 1:
         raise ValueError(
             f"dropout should be a number in range [0, 1) representing the probability of an element "

@@ -52,19 +52,3 @@ def state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Parameters as a dict of NumPy arrays, keyed and shaped exactly as torch's ``state_dict``."""
     return {name: np.array(var.get_value()) for name, var in variables.items()}
 
-
-class TorchStateDict:
-    """``load_torch_state_dict`` / ``torch_state_dict`` for a module whose ``_params()`` returns its
-    ``nnx.Param``s by torch's names (the layers and the cells)."""
-
-    def _params(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def load_torch_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Load a torch ``state_dict`` (tensors or arrays); strict, and all-or-nothing."""
-        load_state_dict(self._params(), state_dict, owner=type(self).__name__)
-
-    def torch_state_dict(self) -> dict[str, np.ndarray]:
-        """Parameters as NumPy arrays with torch's keys and shapes (``torch.nn.X.load_state_dict`` takes it
-        after ``torch.from_numpy``)."""
-        return state_dict(self._params())

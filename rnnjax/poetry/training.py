@@ -456,10 +456,10 @@ class _Run:
         run_log.drop_lines_after(self.ckpt_dir / run_log.METRICS_NAME, self.step, run_log.metrics_step)
         run_log.drop_lines_after(self.ckpt_dir / run_log.SAMPLES_NAME, self.step, run_log.sample_step)
 
-    def announce(self, auto_precision: bool = False) -> None:
+    def announce(self, auto: bool = False) -> None:
         cfg, data, devices, b = self.cfg, self.data, self.state.devices, self.batcher
         how = {"float32": "float32", "bfloat16": "bfloat16 mixed precision"}[cfg.precision]
-        if auto_precision:
+        if auto:
             how += (" (--precision auto: the hardware multiplies bfloat16)" if cfg.precision == "bfloat16" else
                     " (--precision auto: no native bfloat16 here)")
         self.say(f"{cfg.cell} {cfg.num_layers}x{cfg.hidden_dim}, embedding {cfg.embedding_dim}, vocab "

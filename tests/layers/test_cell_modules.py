@@ -8,6 +8,7 @@ import torch
 from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_parity import rel_err
 
 import rnnjax
 
@@ -28,12 +29,6 @@ def build(kind, input_size, hidden_size, bias=True, dtype=np.float32):
     t = t.to(getattr(torch, np.dtype(dtype).name))
     j.load_torch_state_dict(t.state_dict())
     return t, j
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-30) if a.size else 0.0
 
 
 @st.composite
