@@ -9,7 +9,8 @@ tutorial's time (warm: compile excluded, reported apart), and >= 500 poems/s at 
 Last, side by side, the same batch of sampled 五言绝句 with and without `--meter` (格律 masks in the
 same loop; target: >= 0.8 of the poems/s without). `--meter-only` runs just that row, `--one-only`
 just the one greedy poem. `--precision` is our Generator's (the weights' dtype while decoding; the
-tutorial stays float32): on a CPU float32 is the faster for one poem, bfloat16 for batches.
+tutorial stays float32): on a CPU with native bfloat16 the two are about level for one poem, and
+bfloat16 is the faster for batches.
 """
 from __future__ import annotations
 

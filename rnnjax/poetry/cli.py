@@ -129,10 +129,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help=f"most tokens in a poem, prefix and punctuation included, {MIN_MAX_LEN}..{MAX_MAX_LEN} "
                    f"(default {DEFAULT_MAX_LEN})")
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
-                   help="the output layer's dtype while writing (the recurrent layers stay float32, and greedy "
-                        "re-decides its best candidates in float32, so greedy poems do not change): bfloat16 "
-                        "is faster for batches of sampled poems on a CPU, float32 for one poem (float16 works "
-                        "but has no fast matmul on CPUs) (default float32)")
+                   help="the weights' dtype while writing: the output layer's, and when sampling the recurrent "
+                        "layers' too. Greedy keeps the recurrent layers float32 and re-decides its best candidates "
+                        "in float32, so greedy poems do not change; sampled ones do. bfloat16 is faster for batches "
+                        "on a CPU with native bfloat16 and about level for one poem (float16 works but has no fast "
+                        "matmul on CPUs) (default float32 whatever the hardware, so that the poems of a --seed do not "
+                        "depend on its bfloat16 support)")
 
 
 def load_model_from_args(args):

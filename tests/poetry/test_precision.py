@@ -147,6 +147,8 @@ def test_generator_casts_the_output_layer_once(tiny_checkpoint):
     b = bf16.generate_ids(requests, Sampling(greedy=True))
     c = Generator(model, vocab, max_len=32, precision="float16").generate_ids(requests, Sampling(greedy=True))
     assert a.shape == b.shape == c.shape and b.dtype == np.int32
+    # One poem alone takes the one-row form of the output product (decoding.output_product).
+    np.testing.assert_array_equal(bf16.generate_ids(requests[:1], Sampling(greedy=True))[0], b[0])
     with pytest.raises(UserError, match="--precision"):
         Generator(model, vocab, precision="int8")
 
@@ -167,3 +169,21 @@ def test_greedy_in_half_precision_re_decides_in_float32():
     h = jnp.array([[1.0, 0.0]] * 3, jnp.bfloat16)
     got = _exact_best(rounded, tok, h, (jnp.asarray(kernel), bias), klass)
     assert got.tolist() == [1, 5, 0]
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_output_product_in_each_form(rows):
+    """`output_product`: features times the (V, H) kernel transposed, operands in the kernel's dtype
+    and float32 sums; one half-precision row takes the `kernel @ [h h]` form, more rows the row form."""
+    from rnnjax.poetry.decoding import output_product
+
+    rng = np.random.default_rng(rows)
+    features = jnp.asarray(rng.standard_normal((rows, 64)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((300, 64)), jnp.float32)
+    for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
+        got = output_product(features, kernel.astype(dtype))
+        f = np.asarray(features.astype(dtype), np.float64)
+        want = f @ np.asarray(kernel.astype(dtype), np.float64).T  # the rounded operands, exact sums
+        assert got.shape == (rows, 300) and got.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-4)
+
